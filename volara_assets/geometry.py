@@ -1,0 +1,328 @@
+"""The block grid: the one owner of ROI arithmetic, partition keys and neighbours.
+
+Everything is in voxels relative to the array's first voxel unless a name says
+``world``; world coordinates are ``offset + voxel * voxel_size`` (e.g. nm).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+Coord = tuple[int, int, int]
+
+
+def as_coord(value: Sequence[int] | int, name: str, *, minimum: int | None = None) -> Coord:
+    """Validate a 3-vector of integers, naming ``name`` in the error."""
+    if isinstance(value, int | np.integer):
+        value = (int(value),) * 3
+    try:
+        values = tuple(int(v) for v in value)
+    except TypeError as exc:
+        raise ValueError(f"{name}: expected 3 integers (z, y, x), got {value!r}") from exc
+    if len(values) != 3 or any(int(v) != v for v in value):
+        raise ValueError(f"{name}: expected 3 integers (z, y, x), got {value!r}")
+    if minimum is not None and any(v < minimum for v in values):
+        raise ValueError(f"{name}: every entry must be >= {minimum}, got {values}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Roi:
+    """An axis-aligned box in voxels: ``begin`` (inclusive) and ``shape``."""
+
+    begin: Coord
+    shape: Coord
+
+    @property
+    def end(self) -> Coord:
+        return tuple(b + s for b, s in zip(self.begin, self.shape, strict=True))  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(b, e) for b, e in zip(self.begin, self.end, strict=True))  # type: ignore[return-value]
+
+    @property
+    def empty(self) -> bool:
+        return any(s <= 0 for s in self.shape)
+
+    def grow(self, amount: Coord) -> Roi:
+        """Grow by ``amount`` voxels on both sides of each axis."""
+        return Roi(
+            tuple(b - a for b, a in zip(self.begin, amount, strict=True)),  # type: ignore[arg-type]
+            tuple(s + 2 * a for s, a in zip(self.shape, amount, strict=True)),  # type: ignore[arg-type]
+        )
+
+    def intersect(self, other: Roi) -> Roi:
+        begin = tuple(max(a, b) for a, b in zip(self.begin, other.begin, strict=True))
+        end = tuple(min(a, b) for a, b in zip(self.end, other.end, strict=True))
+        shape = tuple(max(0, e - b) for b, e in zip(begin, end, strict=True))
+        return Roi(begin, shape)  # type: ignore[arg-type]
+
+    def contains(self, other: Roi) -> bool:
+        return all(
+            sb <= ob and oe <= se
+            for sb, se, ob, oe in zip(self.begin, self.end, other.begin, other.end, strict=True)
+        )
+
+    def relative_to(self, origin: Coord) -> Roi:
+        """The same box with ``origin`` as voxel (0, 0, 0)."""
+        return Roi(tuple(b - o for b, o in zip(self.begin, origin, strict=True)), self.shape)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the grid.
+
+    ``write_roi`` is the part of the volume this block owns (clipped at the
+    volume edge); ``read_roi`` is ``write_roi`` grown by the context, which may
+    reach outside the volume (such voxels read as 0).
+    """
+
+    index: int
+    coords: Coord
+    key: str
+    write_roi: Roi
+    read_roi: Roi
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Blocks of ``block_size`` voxels tiling a volume of ``shape`` voxels.
+
+    Parameters
+    ----------
+    shape : (3,) int
+        Volume shape in voxels (z, y, x), spatial axes only.
+    block_size : (3,) int
+        Write size of a block in voxels.
+    context : (3,) int
+        Voxels read around each block on every side; at most ``block_size`` so
+        that a block's halo touches only its 26 direct neighbours.
+    offset : (3,) int
+        World coordinate of voxel (0, 0, 0), a multiple of ``voxel_size``.
+    voxel_size : (3,) int
+        World size of a voxel (e.g. nm), anisotropic allowed.
+    blocks_per_partition : (3,) int
+        How many blocks one Dagster partition holds along each axis (a brick);
+        ``(1, 1, 1)`` makes every block its own partition.
+    """
+
+    shape: Coord
+    block_size: Coord
+    context: Coord = (0, 0, 0)
+    offset: Coord = (0, 0, 0)
+    voxel_size: Coord = (1, 1, 1)
+    blocks_per_partition: Coord = (1, 1, 1)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", as_coord(self.shape, "shape", minimum=1))
+        object.__setattr__(self, "block_size", as_coord(self.block_size, "block_size", minimum=1))
+        object.__setattr__(self, "context", as_coord(self.context, "context", minimum=0))
+        object.__setattr__(self, "offset", as_coord(self.offset, "offset"))
+        object.__setattr__(self, "voxel_size", as_coord(self.voxel_size, "voxel_size", minimum=1))
+        object.__setattr__(
+            self,
+            "blocks_per_partition",
+            as_coord(self.blocks_per_partition, "blocks_per_partition", minimum=1),
+        )
+        if any(c > b for c, b in zip(self.context, self.block_size, strict=True)):
+            raise ValueError(
+                f"context: must be <= block_size {self.block_size} on every axis, "
+                f"got {self.context}"
+            )
+        if any(o % v for o, v in zip(self.offset, self.voxel_size, strict=True)):
+            raise ValueError(
+                f"offset: must be a multiple of voxel_size {self.voxel_size}, got {self.offset}"
+            )
+        if self.num_blocks * self.voxels_per_block >= 2**63:
+            raise ValueError(
+                f"block_size: {self.num_blocks} blocks of {self.voxels_per_block} voxels "
+                "exceed the 2**63 fragment id space"
+            )
+
+    # -- the grid ------------------------------------------------------------
+    @cached_property
+    def grid_shape(self) -> Coord:
+        """Number of blocks along (z, y, x)."""
+        return tuple(-(-s // b) for s, b in zip(self.shape, self.block_size, strict=True))  # type: ignore[return-value]
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(self.grid_shape)
+
+    @property
+    def voxels_per_block(self) -> int:
+        return math.prod(self.block_size)
+
+    @property
+    def volume_roi(self) -> Roi:
+        return Roi((0, 0, 0), self.shape)
+
+    def block(self, index: int) -> Block:
+        """The block with z-major ``index`` (0 <= index < num_blocks)."""
+        if not 0 <= index < self.num_blocks:
+            raise IndexError(f"block index {index} outside [0, {self.num_blocks})")
+        coords: Coord = tuple(int(c) for c in np.unravel_index(index, self.grid_shape))  # type: ignore[assignment]
+        begin = tuple(c * b for c, b in zip(coords, self.block_size, strict=True))
+        write = Roi(begin, self.block_size).intersect(self.volume_roi)  # type: ignore[arg-type]
+        return Block(index, coords, self.block_key(coords), write, write.grow(self.context))
+
+    def blocks(self) -> Iterator[Block]:
+        for index in range(self.num_blocks):
+            yield self.block(index)
+
+    def block_index(self, coords: Sequence[int]) -> int:
+        return int(np.ravel_multi_index(tuple(coords), self.grid_shape))
+
+    def block_key(self, coords: Sequence[int]) -> str:
+        width = len(str(max(self.grid_shape) - 1))
+        return "_".join(f"{a}{c:0{width}d}" for a, c in zip("zyx", coords, strict=True))
+
+    def block_neighbours(self, index: int) -> list[int]:
+        """Indices of the up to 26 blocks that touch ``index`` (face, edge or corner)."""
+        return self._neighbours(self.block(index).coords, self.grid_shape, self.block_index)
+
+    # -- fragment ids ----------------------------------------------------------
+    def fragment_id_base(self, index: int) -> int:
+        """Ids of block ``index`` are ``base + 1 .. base + voxels_per_block``."""
+        return index * self.voxels_per_block
+
+    def block_of_fragment(self, ids: np.ndarray) -> np.ndarray:
+        """The index of the block that produced each (non-zero) fragment id."""
+        ids = np.asarray(ids, dtype=np.uint64)
+        return ((ids - np.uint64(1)) // np.uint64(self.voxels_per_block)).astype(np.int64)
+
+    # -- world coordinates -----------------------------------------------------
+    def to_world(self, voxel: np.ndarray) -> np.ndarray:
+        """Voxel coordinates (..., 3), possibly fractional, to world coordinates."""
+        return np.asarray(self.offset, dtype=np.float64) + np.asarray(voxel) * np.asarray(
+            self.voxel_size, dtype=np.float64
+        )
+
+    def world_roi(self, roi: Roi) -> tuple[Coord, Coord]:
+        """``(offset, shape)`` of ``roi`` in world units."""
+        begin = tuple(o + b * v for o, b, v in zip(self.offset, roi.begin, self.voxel_size, strict=True))
+        shape = tuple(s * v for s, v in zip(roi.shape, self.voxel_size, strict=True))
+        return begin, shape  # type: ignore[return-value]
+
+    def roi_from_world(self, offset: Sequence[int], shape: Sequence[int]) -> Roi:
+        """The voxel ROI of a world ``(offset, shape)``; both must be voxel-aligned."""
+        offset = as_coord(offset, "roi offset")
+        shape = as_coord(shape, "roi shape", minimum=0)
+        rel = tuple(o - g for o, g in zip(offset, self.offset, strict=True))
+        if any(r % v or s % v for r, s, v in zip(rel, shape, self.voxel_size, strict=True)):
+            raise ValueError(
+                f"roi: offset {offset} and shape {shape} must be multiples of voxel_size "
+                f"{self.voxel_size} relative to the volume offset {self.offset}"
+            )
+        return Roi(
+            tuple(r // v for r, v in zip(rel, self.voxel_size, strict=True)),  # type: ignore[arg-type]
+            tuple(s // v for s, v in zip(shape, self.voxel_size, strict=True)),  # type: ignore[arg-type]
+        )
+
+    def blocks_touching(self, roi: Roi) -> list[int]:
+        """Indices of blocks whose read ROI intersects ``roi`` (voxels)."""
+        lo = [
+            max(0, (b - c) // s)
+            for b, c, s in zip(roi.begin, self.context, self.block_size, strict=True)
+        ]
+        hi = [
+            min(g - 1, (e - 1 + c) // s)
+            for e, c, s, g in zip(roi.end, self.context, self.block_size, self.grid_shape, strict=True)
+        ]
+        if roi.empty or any(h < low for low, h in zip(lo, hi, strict=True)):
+            return []
+        ranges = [range(low, h + 1) for low, h in zip(lo, hi, strict=True)]
+        return [self.block_index(c) for c in itertools.product(*ranges)]
+
+    # -- partitions (bricks of blocks) -----------------------------------------
+    @cached_property
+    def partition_grid_shape(self) -> Coord:
+        return tuple(  # type: ignore[return-value]
+            -(-g // p) for g, p in zip(self.grid_shape, self.blocks_per_partition, strict=True)
+        )
+
+    @cached_property
+    def partition_keys(self) -> list[str]:
+        """Partition keys in z-major order (they also sort that way as strings)."""
+        width = len(str(max(self.partition_grid_shape) - 1))
+        return [
+            "_".join(f"{a}{c:0{width}d}" for a, c in zip("zyx", coords, strict=True))
+            for coords in itertools.product(*(range(g) for g in self.partition_grid_shape))
+        ]
+
+    @cached_property
+    def _partition_index(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.partition_keys)}
+
+    def _partition_coords(self, key: str) -> Coord:
+        try:
+            index = self._partition_index[key]
+        except KeyError:
+            raise KeyError(f"partition key {key!r} is not in this grid") from None
+        return tuple(int(c) for c in np.unravel_index(index, self.partition_grid_shape))  # type: ignore[return-value]
+
+    def partition_blocks(self, key: str) -> list[Block]:
+        """The blocks of partition ``key`` in z-major order."""
+        pc = self._partition_coords(key)
+        ranges = [
+            range(c * p, min((c + 1) * p, g))
+            for c, p, g in zip(pc, self.blocks_per_partition, self.grid_shape, strict=True)
+        ]
+        return [self.block(self.block_index(c)) for c in itertools.product(*ranges)]
+
+    def partition_of_block(self, index: int) -> str:
+        coords = self.block(index).coords
+        pc = tuple(c // p for c, p in zip(coords, self.blocks_per_partition, strict=True))
+        return self.partition_keys[int(np.ravel_multi_index(pc, self.partition_grid_shape))]
+
+    def partition_neighbours(self, key: str) -> list[str]:
+        """Keys of the up to 26 partitions that touch ``key``."""
+        shape = self.partition_grid_shape
+        return [
+            self.partition_keys[i]
+            for i in self._neighbours(
+                self._partition_coords(key),
+                shape,
+                lambda c: int(np.ravel_multi_index(tuple(c), shape)),
+            )
+        ]
+
+    def partition_halo_mapping(self) -> dict[str, set[str]]:
+        """For every partition, itself and its neighbours: what a halo read depends on."""
+        return {k: {k, *self.partition_neighbours(k)} for k in self.partition_keys}
+
+    @staticmethod
+    def _neighbours(coords: Coord, shape: Coord, to_index) -> list[int]:
+        out = []
+        for delta in itertools.product((-1, 0, 1), repeat=3):
+            if delta == (0, 0, 0):
+                continue
+            c = tuple(a + d for a, d in zip(coords, delta, strict=True))
+            if all(0 <= x < g for x, g in zip(c, shape, strict=True)):
+                out.append(to_index(c))
+        return sorted(out)
+
+    def chunk_shape(self) -> Coord:
+        """Chunk shape for output arrays: one block per chunk, so no two blocks share one."""
+        return self.block_size
+
+    def check_chunks(self, chunks: Sequence[int], name: str) -> None:
+        """Raise unless ``chunks`` (spatial) divides ``block_size``: blocks must not split chunks."""
+        chunks = as_coord(chunks, f"{name} chunks", minimum=1)
+        bad = [b % c for b, c in zip(self.block_size, chunks, strict=True)]
+        if any(bad):
+            raise ValueError(
+                f"block_size: {self.block_size} splits the chunks {chunks} of {name}; "
+                "use a block_size that is a multiple of the chunk shape on every axis"
+            )
