@@ -1,0 +1,94 @@
+"""Block grid: ROIs, keys, neighbours and bricks on a small anisotropic volume."""
+
+import pytest
+
+from volara_assets.geometry import BlockGrid, Roi
+
+
+def grid(**kw):
+    args = dict(shape=(50, 120, 90), block_size=(20, 50, 50), context=(2, 3, 4),
+                offset=(290, 0, 520), voxel_size=(290, 260, 260))
+    args.update(kw)
+    return BlockGrid(**args)
+
+
+def test_grid_shape_and_edge_blocks_are_clipped():
+    g = grid()
+    assert g.grid_shape == (3, 3, 2)
+    assert g.num_blocks == 18
+    last = g.block(17)
+    assert last.coords == (2, 2, 1)
+    assert last.write_roi == Roi((40, 100, 50), (10, 20, 40))
+    assert last.read_roi == Roi((38, 97, 46), (14, 26, 48))
+    first = g.block(0)
+    assert first.read_roi == Roi((-2, -3, -4), (24, 56, 58))
+
+
+def test_keys_sort_in_z_major_order():
+    g = grid(shape=(200, 120, 90), block_size=(10, 50, 50), context=(1, 1, 1))
+    keys = [b.key for b in g.blocks()]
+    assert keys == sorted(keys)
+    assert keys == g.partition_keys
+    assert keys[0] == "z00_y00_x00" and keys[-1] == "z19_y02_x01"
+
+
+def test_neighbours_interior_and_corner():
+    g = BlockGrid(shape=(30, 30, 30), block_size=(10, 10, 10), context=(1, 1, 1))
+    assert len(g.block_neighbours(13)) == 26
+    assert 13 not in g.block_neighbours(13)
+    assert g.block_neighbours(0) == [1, 3, 4, 9, 10, 12, 13]
+
+
+def test_world_coordinates_and_roi_from_world():
+    g = grid()
+    b = g.block(1)
+    assert g.world_roi(b.write_roi) == ((290, 0, 520 + 50 * 260), (20 * 290, 50 * 260, 40 * 260))
+    assert g.roi_from_world((290 + 290, 260, 520), (290, 520, 260)) == Roi((1, 1, 0), (1, 2, 1))
+    with pytest.raises(ValueError, match="multiples of voxel_size"):
+        g.roi_from_world((291, 0, 520), (290, 260, 260))
+
+
+def test_fragment_ids_map_back_to_their_block():
+    g = grid()
+    base = g.fragment_id_base(5)
+    assert base == 5 * 20 * 50 * 50
+    assert g.block_of_fragment([base + 1, base + g.voxels_per_block]).tolist() == [5, 5]
+
+
+def test_blocks_touching_a_changed_region():
+    g = BlockGrid(shape=(30, 30, 30), block_size=(10, 10, 10), context=(2, 2, 2))
+    # deep inside block 13 (the centre): only it reads there
+    assert g.blocks_touching(Roi((14, 14, 14), (2, 2, 2))) == [13]
+    # within 2 voxels of the face to block 22 (z+1): both read it
+    assert g.blocks_touching(Roi((18, 14, 14), (1, 1, 1))) == [13, 22]
+
+
+def test_bricks_group_blocks_into_partitions():
+    g = BlockGrid(shape=(40, 40, 40), block_size=(10, 10, 10), context=(1, 1, 1),
+                  blocks_per_partition=(2, 2, 2))
+    assert len(g.partition_keys) == 8
+    blocks = g.partition_blocks("z1_y1_x1")
+    assert [b.coords for b in blocks][0] == (2, 2, 2) and len(blocks) == 8
+    assert g.partition_of_block(blocks[-1].index) == "z1_y1_x1"
+    assert len(g.partition_neighbours("z0_y0_x0")) == 7
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"context": (21, 0, 0)}, "context: must be <= block_size"),
+        ({"offset": (100, 0, 0)}, "offset: must be a multiple of voxel_size"),
+        ({"block_size": (0, 1, 1)}, "block_size: every entry must be >= 1"),
+        ({"shape": (1, 2)}, "shape: expected 3 integers"),
+    ],
+)
+def test_bad_grid_names_the_field(kw, message):
+    with pytest.raises(ValueError, match=message):
+        grid(**kw)
+
+
+def test_block_size_must_not_split_chunks():
+    g = grid()
+    g.check_chunks((10, 25, 50), "fragments")
+    with pytest.raises(ValueError, match="splits the chunks"):
+        g.check_chunks((20, 100, 50), "fragments")

@@ -1,0 +1,223 @@
+"""Pydantic models of a pipeline: inputs, outputs, database, block grid and step parameters."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Offset = tuple[int, int, int]
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FragmentsConfig(_Model):
+    """Fragment extraction: mutex watershed per block (volara's ExtractFrags)."""
+
+    bias: list[float]
+    sigma: tuple[float, float, float] | None = None
+    noise_eps: float | None = None
+    strides: list[Offset] | None = None
+    randomized_strides: bool = False
+    filter_fragments: float = 0.0
+    remove_debris: int = Field(0, ge=0)
+    node_attrs: dict[str, str] = Field(default_factory=dict)
+
+
+class EdgesConfig(_Model):
+    """Edge scoring: one pooled mean affinity per score group (volara's AffAgglom)."""
+
+    scores: dict[str, list[Offset]] | None = None
+
+    @field_validator("scores")
+    @classmethod
+    def _names(cls, scores: dict[str, list[Offset]] | None) -> dict[str, list[Offset]] | None:
+        for name, offsets in (scores or {}).items():
+            if not IDENTIFIER.match(name):
+                raise ValueError(
+                    f"edges.scores: score name {name!r} must be a plain identifier "
+                    "(letters, digits, underscore; not starting with a digit)"
+                )
+            if not offsets:
+                raise ValueError(f"edges.scores.{name}: expected at least one offset")
+        return scores
+
+
+class LutConfig(_Model):
+    """Global agglomeration of the fragment graph (volara's GraphMWS)."""
+
+    weights: dict[str, tuple[float, float]]
+    edge_per_attr: bool = True
+
+
+class ExecutorConfig(_Model):
+    """How the blocks of one step are run: in this process, a process pool, or Dask."""
+
+    kind: Literal["serial", "processes", "dask"] = "serial"
+    num_workers: int = Field(1, ge=1)
+    dask_address: str | None = None
+
+
+class PipelineConfig(_Model):
+    """One segmentation pipeline over one affinities volume.
+
+    Paths are ``container.zarr/array`` strings, relative to the folder of the
+    YAML file they came from (or to the working directory).
+    """
+
+    name: str
+    affinities: str
+    neighborhood: list[Offset]
+    mask: str | None = None
+    ground_truth: str | None = None
+    fragments_array: str
+    segments_array: str
+    lut_path: str
+    db_url: str
+    block_size: Offset
+    context: Offset
+    blocks_per_partition: Offset = (1, 1, 1)
+    fragments: FragmentsConfig
+    edges: EdgesConfig = Field(default_factory=EdgesConfig)
+    lut: LutConfig
+    eval_warn_voi: float = 0.5
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not IDENTIFIER.match(name):
+            raise ValueError(
+                f"name: {name!r} must be a plain identifier (it prefixes Dagster asset keys)"
+            )
+        return name
+
+    @field_validator("lut_path")
+    @classmethod
+    def _npz(cls, path: str) -> str:
+        # volara's LUT files are .npz; np.savez would add the suffix anyway.
+        return path if path.endswith(".npz") else path + ".npz"
+
+    @field_validator("neighborhood")
+    @classmethod
+    def _neighborhood(cls, neighborhood: list[Offset]) -> list[Offset]:
+        if not neighborhood:
+            raise ValueError("neighborhood: expected at least one offset")
+        if any(o == (0, 0, 0) for o in neighborhood):
+            raise ValueError("neighborhood: offset (0, 0, 0) is not an affinity")
+        return neighborhood
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, v: Offset) -> Offset:
+        if any(x < 1 for x in v):
+            raise ValueError(f"block_size: every entry must be >= 1, got {v}")
+        return v
+
+    @field_validator("context", "blocks_per_partition")
+    @classmethod
+    def _non_negative(cls, v: Offset) -> Offset:
+        if any(x < 0 for x in v):
+            raise ValueError(f"expected non-negative entries, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        n = len(self.neighborhood)
+        if len(self.fragments.bias) != n:
+            raise ValueError(
+                f"fragments.bias: expected {n} values (one per neighborhood offset), "
+                f"got {len(self.fragments.bias)}"
+            )
+        if self.fragments.strides is not None and len(self.fragments.strides) != n:
+            raise ValueError(
+                f"fragments.strides: expected {n} strides (one per neighborhood offset), "
+                f"got {len(self.fragments.strides)}"
+            )
+        reach = tuple(max(abs(o[d]) for o in self.neighborhood) for d in range(3))
+        if any(c < r for c, r in zip(self.context, reach, strict=True)):
+            raise ValueError(
+                f"context: {self.context} is smaller than the largest neighborhood offset "
+                f"{reach}; expected context >= {reach} on every axis"
+            )
+        if any(c > b for c, b in zip(self.context, self.block_size, strict=True)):
+            raise ValueError(
+                f"context: {self.context} must be <= block_size {self.block_size} on every axis"
+            )
+        if any(b < 1 for b in self.blocks_per_partition):
+            raise ValueError(
+                f"blocks_per_partition: every entry must be >= 1, got {self.blocks_per_partition}"
+            )
+        hood = set(self.neighborhood)
+        for group, offsets in self.score_groups.items():
+            for off in offsets:
+                if tuple(off) not in hood:
+                    raise ValueError(
+                        f"edges.scores.{group}: offset {tuple(off)} is not in the "
+                        f"neighborhood {self.neighborhood}"
+                    )
+        for attr in self.lut.weights:
+            if attr not in self.score_groups:
+                raise ValueError(
+                    f"lut.weights: unknown edge attribute {attr!r}; expected one of "
+                    f"{sorted(self.score_groups)} (the edges.scores names)"
+                )
+        for attr in self.fragments.node_attrs:
+            if not IDENTIFIER.match(attr):
+                raise ValueError(f"fragments.node_attrs: {attr!r} must be a plain identifier")
+        return self
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def score_groups(self) -> dict[str, list[Offset]]:
+        """Score groups; by default one group ``aff`` over the whole neighborhood."""
+        if self.edges.scores is None:
+            return {"aff": list(self.neighborhood)}
+        return {k: [tuple(o) for o in v] for k, v in self.edges.scores.items()}
+
+    @property
+    def edge_attrs(self) -> dict[str, str]:
+        return {name: "float" for name in self.score_groups}
+
+    def resolve(self, base: str | Path) -> PipelineConfig:
+        """A copy with relative file paths made absolute against ``base``."""
+        base = Path(base)
+
+        def fix(p: str | None) -> str | None:
+            if p is None:
+                return None
+            return str(p if Path(p).is_absolute() else (base / p).resolve())
+
+        update: dict[str, Any] = {
+            k: fix(getattr(self, k))
+            for k in ("affinities", "mask", "ground_truth", "fragments_array", "segments_array",
+                      "lut_path")
+        }
+        url = self.db_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url[len("sqlite:///"):]
+            if rel and rel != ":memory:":
+                url = "sqlite:///" + str((base / rel).resolve())
+        update["db_url"] = url
+        return self.model_copy(update=update)
+
+    # -- YAML ----------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Load and validate a pipeline YAML file; relative paths resolve against its folder."""
+        path = Path(path)
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        return cls.model_validate(data).resolve(path.parent)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
