@@ -25,3 +25,30 @@ test: $(STAMP) lint
 
 clean:
 	rm -rf $(DATA) .dagster_home
+
+PIPELINE ?= pipelines/demo.yaml
+HOST ?= 127.0.0.1
+PORT ?= 3000
+DAGSTER := $(BIN)/dagster
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+data/demo.zarr/.complete: $(STAMP)
+	$(BIN)/python -m volara_assets.demo --path data/demo.zarr
+	touch $@
+
+# The whole pipeline on the demo volume, from the command line, then a summary.
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
+	@start=$$(date +%s); \
+	range=$$($(BIN)/python -m volara_assets.report range $(PIPELINE)); \
+	$(DAGSTER) asset materialize -m volara_assets.definitions \
+	  --select 'demo/fragments,demo/fragment_nodes,demo/edges,demo/lut,demo/segments' \
+	  --partition-range "$$range" && \
+	$(BIN)/python -m volara_assets.report summary $(PIPELINE) && \
+	echo "make demo: $$(( $$(date +%s) - start )) s"
+
+# The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT).
+dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
+	$(DAGSTER) dev -w workspace.yaml -h $(HOST) -p $(PORT)

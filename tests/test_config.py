@@ -46,8 +46,10 @@ def test_default_score_group_covers_the_neighborhood():
         ({"lut": {"weights": {"xy_aff": [1.0, -0.5]}}}, "unknown edge attribute 'xy_aff'"),
         ({"context": [0, 2, 2]}, "smaller than the largest neighborhood offset"),
         ({"context": [30, 2, 2]}, "must be <= block_size"),
-        ({"edges": {"scores": {"z": [[2, 0, 0]]}}, "lut": {"weights": {"z": [1, 0]}}},
-         "offset (2, 0, 0) is not in the neighborhood"),
+        (
+            {"edges": {"scores": {"z": [[2, 0, 0]]}}, "lut": {"weights": {"z": [1, 0]}}},
+            "offset (2, 0, 0) is not in the neighborhood",
+        ),
         ({"edges": {"scores": {"bad name": [[1, 0, 0]]}}}, "must be a plain identifier"),
         ({"name": "demo; drop"}, "must be a plain identifier"),
         ({"block_size": [0, 100, 100]}, "block_size"),

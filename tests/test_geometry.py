@@ -6,8 +6,13 @@ from volara_assets.geometry import BlockGrid, Roi
 
 
 def grid(**kw):
-    args = dict(shape=(50, 120, 90), block_size=(20, 50, 50), context=(2, 3, 4),
-                offset=(290, 0, 520), voxel_size=(290, 260, 260))
+    args = dict(
+        shape=(50, 120, 90),
+        block_size=(20, 50, 50),
+        context=(2, 3, 4),
+        offset=(290, 0, 520),
+        voxel_size=(290, 260, 260),
+    )
     args.update(kw)
     return BlockGrid(**args)
 
@@ -64,8 +69,12 @@ def test_blocks_touching_a_changed_region():
 
 
 def test_bricks_group_blocks_into_partitions():
-    g = BlockGrid(shape=(40, 40, 40), block_size=(10, 10, 10), context=(1, 1, 1),
-                  blocks_per_partition=(2, 2, 2))
+    g = BlockGrid(
+        shape=(40, 40, 40),
+        block_size=(10, 10, 10),
+        context=(1, 1, 1),
+        blocks_per_partition=(2, 2, 2),
+    )
     assert len(g.partition_keys) == 8
     blocks = g.partition_blocks("z1_y1_x1")
     assert [b.coords for b in blocks][0] == (2, 2, 2) and len(blocks) == 8

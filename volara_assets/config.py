@@ -195,12 +195,18 @@ class PipelineConfig(_Model):
 
         update: dict[str, Any] = {
             k: fix(getattr(self, k))
-            for k in ("affinities", "mask", "ground_truth", "fragments_array", "segments_array",
-                      "lut_path")
+            for k in (
+                "affinities",
+                "mask",
+                "ground_truth",
+                "fragments_array",
+                "segments_array",
+                "lut_path",
+            )
         }
         url = self.db_url
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            rel = url[len("sqlite:///"):]
+            rel = url[len("sqlite:///") :]
             if rel and rel != ":memory:":
                 url = "sqlite:///" + str((base / rel).resolve())
         update["db_url"] = url

@@ -211,7 +211,9 @@ class BlockGrid:
 
     def world_roi(self, roi: Roi) -> tuple[Coord, Coord]:
         """``(offset, shape)`` of ``roi`` in world units."""
-        begin = tuple(o + b * v for o, b, v in zip(self.offset, roi.begin, self.voxel_size, strict=True))
+        begin = tuple(
+            o + b * v for o, b, v in zip(self.offset, roi.begin, self.voxel_size, strict=True)
+        )
         shape = tuple(s * v for s, v in zip(roi.shape, self.voxel_size, strict=True))
         return begin, shape  # type: ignore[return-value]
 
@@ -238,7 +240,9 @@ class BlockGrid:
         ]
         hi = [
             min(g - 1, (e - 1 + c) // s)
-            for e, c, s, g in zip(roi.end, self.context, self.block_size, self.grid_shape, strict=True)
+            for e, c, s, g in zip(
+                roi.end, self.context, self.block_size, self.grid_shape, strict=True
+            )
         ]
         if roi.empty or any(h < low for low, h in zip(lo, hi, strict=True)):
             return []
@@ -318,7 +322,7 @@ class BlockGrid:
         return self.block_size
 
     def check_chunks(self, chunks: Sequence[int], name: str) -> None:
-        """Raise unless ``chunks`` (spatial) divides ``block_size``: blocks must not split chunks."""
+        """Raise unless ``chunks`` (spatial) divide ``block_size``: no block may split a chunk."""
         chunks = as_coord(chunks, f"{name} chunks", minimum=1)
         bad = [b % c for b, c in zip(self.block_size, chunks, strict=True)]
         if any(bad):

@@ -57,7 +57,9 @@ class EdgeTable:
     def __post_init__(self) -> None:
         self.u = np.asarray(self.u, dtype=np.uint64).reshape(-1)
         self.v = np.asarray(self.v, dtype=np.uint64).reshape(-1)
-        self.scores = {k: np.asarray(c, dtype=np.float64).reshape(-1) for k, c in self.scores.items()}
+        self.scores = {
+            k: np.asarray(c, dtype=np.float64).reshape(-1) for k, c in self.scores.items()
+        }
         n = len(self.u)
         if len(self.v) != n or any(len(c) != n for c in self.scores.values()):
             raise ValueError("EdgeTable: u, v and every score column must have the same length")
@@ -69,6 +71,4 @@ class EdgeTable:
 
     @classmethod
     def empty(cls, attrs: list[str] | tuple[str, ...] = ()) -> EdgeTable:
-        return cls(
-            np.zeros(0, np.uint64), np.zeros(0, np.uint64), {a: np.zeros(0) for a in attrs}
-        )
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64), {a: np.zeros(0) for a in attrs})

@@ -1,0 +1,116 @@
+"""What one block of each step does: read through handles, call a kernel, write through handles.
+
+Jobs are small picklable dataclasses (a config, a grid and storage handles), so
+the same functions run in this process, in a process pool or on Dask workers.
+Nothing here knows Dagster.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import PipelineConfig
+from .geometry import Block, BlockGrid
+from .ops.edges import edge_scores
+from .ops.fragments import extract_fragments, finish_block, fragment_nodes
+from .ops.relabel import relabel
+from .storage.handles import ArrayHandle, GraphHandle, LutHandle
+
+
+def _write_slices(block: Block) -> tuple[slice, slice, slice]:
+    """The write ROI as slices into an array covering the read ROI."""
+    return block.write_roi.relative_to(block.read_roi.begin).slices
+
+
+@dataclass(frozen=True)
+class FragmentsJob:
+    config: PipelineConfig
+    grid: BlockGrid
+    affinities: ArrayHandle
+    fragments: ArrayHandle
+    nodes: GraphHandle
+    mask: ArrayHandle | None = None
+
+    def __call__(self, index: int) -> dict[str, float]:
+        start = time.perf_counter()
+        block = self.grid.block(index)
+        params = self.config.fragments
+        affs = self.affinities.read(block.read_roi)
+        mask = self.mask.read(block.read_roi) if self.mask is not None else None
+        labels = extract_fragments(
+            affs,
+            self.config.neighborhood,
+            params.bias,
+            sigma=params.sigma,
+            noise_eps=params.noise_eps,
+            # Seeded by block index: the same input gives the same ids in any order.
+            seed=index,
+            strides=params.strides,
+            randomized_strides=params.randomized_strides,
+            mask=mask,
+            filter_fragments=params.filter_fragments,
+            remove_debris=params.remove_debris,
+        )
+        labels = finish_block(labels, _write_slices(block), self.grid.fragment_id_base(index))
+        nodes = fragment_nodes(
+            labels, self.grid.to_world(np.asarray(block.write_roi.begin)), self.grid.voxel_size
+        )
+        # Written even when empty: a rerun after the input changed must clear old ids.
+        self.fragments.write(block.write_roi, labels)
+        self.nodes.write_nodes(index, nodes)
+        return {
+            "fragments": len(nodes),
+            "voxels": block.write_roi.size,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+@dataclass(frozen=True)
+class EdgesJob:
+    config: PipelineConfig
+    grid: BlockGrid
+    affinities: ArrayHandle
+    fragments: ArrayHandle
+    edges: GraphHandle
+
+    def __call__(self, index: int) -> dict[str, float]:
+        start = time.perf_counter()
+        block = self.grid.block(index)
+        labels = self.fragments.read(block.read_roi)
+        affs = self.affinities.read(block.read_roi)
+        base = self.grid.fragment_id_base(index)
+        table = edge_scores(
+            labels,
+            affs,
+            self.config.neighborhood,
+            self.config.score_groups,
+            owned_ids=(base + 1, base + self.grid.voxels_per_block),
+        )
+        self.edges.write_edges(index, table)
+        return {
+            "edges": len(table),
+            "voxels": block.write_roi.size,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+@dataclass(frozen=True)
+class SegmentsJob:
+    grid: BlockGrid
+    fragments: ArrayHandle
+    segments: ArrayHandle
+    lut: LutHandle
+
+    def __call__(self, index: int) -> dict[str, float]:
+        start = time.perf_counter()
+        block = self.grid.block(index)
+        seg = relabel(self.fragments.read(block.write_roi), self.lut.load())
+        self.segments.write(block.write_roi, seg)
+        return {
+            "segments": int(np.unique(seg[seg != 0]).size),
+            "voxels": block.write_roi.size,
+            "seconds": time.perf_counter() - start,
+        }
