@@ -240,7 +240,8 @@ def build_pipeline_assets(config: PipelineConfig) -> PipelineAssets:
     )
     def lut(context: AssetExecutionContext, fragment_nodes: NodeTable, edges: EdgeTable):
         start = time.perf_counter()
-        table = agglomerate(fragment_nodes.ids, edges, config.lut.weights, config.lut.edge_per_attr)
+        params = config.require("lut")
+        table = agglomerate(fragment_nodes.ids, edges, params.weights, params.edge_per_attr)
         context.add_output_metadata(
             {
                 "fragments": int(table.shape[1]),

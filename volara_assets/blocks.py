@@ -37,7 +37,7 @@ class FragmentsJob:
     def __call__(self, index: int) -> dict[str, float]:
         start = time.perf_counter()
         block = self.grid.block(index)
-        params = self.config.fragments
+        params = self.config.require("fragments")
         affs = self.affinities.read(block.read_roi)
         mask = self.mask.read(block.read_roi) if self.mask is not None else None
         labels = extract_fragments(

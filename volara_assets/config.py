@@ -77,15 +77,17 @@ class PipelineConfig(_Model):
     mask: str | None = None
     ground_truth: str | None = None
     fragments_array: str
-    segments_array: str
-    lut_path: str
+    segments_array: str | None = None
+    lut_path: str | None = None
     db_url: str
     block_size: Offset
     context: Offset
     blocks_per_partition: Offset = (1, 1, 1)
-    fragments: FragmentsConfig
+    # Step sections are optional so that a pipeline can be declared one step at
+    # a time (the tutorial front door); running a step without its section fails.
+    fragments: FragmentsConfig | None = None
     edges: EdgesConfig = Field(default_factory=EdgesConfig)
-    lut: LutConfig
+    lut: LutConfig | None = None
     eval_warn_voi: float = 0.5
 
     @field_validator("name")
@@ -99,9 +101,11 @@ class PipelineConfig(_Model):
 
     @field_validator("lut_path")
     @classmethod
-    def _npz(cls, path: str) -> str:
+    def _npz(cls, path: str | None) -> str | None:
         # volara's LUT files are .npz; np.savez would add the suffix anyway.
-        return path if path.endswith(".npz") else path + ".npz"
+        if path is None or path.endswith(".npz"):
+            return path
+        return path + ".npz"
 
     @field_validator("neighborhood")
     @classmethod
@@ -129,15 +133,16 @@ class PipelineConfig(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         n = len(self.neighborhood)
-        if len(self.fragments.bias) != n:
+        frags = self.fragments
+        if frags is not None and len(frags.bias) != n:
             raise ValueError(
                 f"fragments.bias: expected {n} values (one per neighborhood offset), "
-                f"got {len(self.fragments.bias)}"
+                f"got {len(frags.bias)}"
             )
-        if self.fragments.strides is not None and len(self.fragments.strides) != n:
+        if frags is not None and frags.strides is not None and len(frags.strides) != n:
             raise ValueError(
                 f"fragments.strides: expected {n} strides (one per neighborhood offset), "
-                f"got {len(self.fragments.strides)}"
+                f"got {len(frags.strides)}"
             )
         reach = tuple(max(abs(o[d]) for o in self.neighborhood) for d in range(3))
         if any(c < r for c, r in zip(self.context, reach, strict=True)):
@@ -161,13 +166,13 @@ class PipelineConfig(_Model):
                         f"edges.scores.{group}: offset {tuple(off)} is not in the "
                         f"neighborhood {self.neighborhood}"
                     )
-        for attr in self.lut.weights:
+        for attr in self.lut.weights if self.lut is not None else ():
             if attr not in self.score_groups:
                 raise ValueError(
                     f"lut.weights: unknown edge attribute {attr!r}; expected one of "
                     f"{sorted(self.score_groups)} (the edges.scores names)"
                 )
-        for attr in self.fragments.node_attrs:
+        for attr in frags.node_attrs if frags is not None else ():
             if not IDENTIFIER.match(attr):
                 raise ValueError(f"fragments.node_attrs: {attr!r} must be a plain identifier")
         return self
@@ -179,6 +184,20 @@ class PipelineConfig(_Model):
         if self.edges.scores is None:
             return {"aff": list(self.neighborhood)}
         return {k: [tuple(o) for o in v] for k, v in self.edges.scores.items()}
+
+    def require(self, section: str) -> Any:
+        """The value of an optional field a step needs; a clear error when it is unset."""
+        value = getattr(self, section)
+        if value is None:
+            raise ValueError(
+                f"{section}: pipeline {self.name!r} has no {section!r} configured, "
+                "which this step needs"
+            )
+        return value
+
+    @property
+    def node_attrs(self) -> dict[str, str]:
+        return dict(self.fragments.node_attrs) if self.fragments is not None else {}
 
     @property
     def edge_attrs(self) -> dict[str, str]:

@@ -51,6 +51,8 @@ class ZarrIOManager(_PipelineIOManager):
 
     def handle_for(self, name: str) -> ArrayHandle:
         p = self.pipeline
+        if name == "segments":
+            p.config.require("segments_array")
         handles = {"affinities": p.affinities, "fragments": p.fragments, "segments": p.segments}
         if name not in handles:
             raise KeyError(f"ZarrIOManager: no zarr array for asset {name!r}")
@@ -96,9 +98,13 @@ class SqlIOManager(_PipelineIOManager):
 class LutIOManager(_PipelineIOManager):
     """The fragment -> segment lookup table as volara's ``.npz`` (``fragment_segment_lut``)."""
 
+    def handle(self) -> LutHandle:
+        self.pipeline.config.require("lut_path")
+        return self.pipeline.lut
+
     def handle_output(self, context: OutputContext, obj: np.ndarray) -> None:
-        save_lut(self.pipeline.lut.path, obj)
-        context.add_output_metadata({"path": self.pipeline.lut.path})
+        path = save_lut(self.handle().path, obj)
+        context.add_output_metadata({"path": str(path)})
 
     def load_input(self, context: InputContext) -> LutHandle:
-        return self.pipeline.lut
+        return self.handle()

@@ -27,11 +27,11 @@ class Pipeline:
         self.mask = ArrayHandle(config.mask) if config.mask else None
         self.ground_truth = ArrayHandle(config.ground_truth) if config.ground_truth else None
         self.fragments = ArrayHandle(config.fragments_array)
-        self.segments = ArrayHandle(config.segments_array)
-        self.lut = LutHandle(config.lut_path)
+        self.segments = ArrayHandle(config.segments_array) if config.segments_array else None
+        self.lut = LutHandle(config.lut_path) if config.lut_path else None
         self.graph = GraphHandle(
             config.db_url,
-            node_attrs=tuple(sorted(config.fragments.node_attrs.items())),
+            node_attrs=tuple(sorted(config.node_attrs.items())),
             edge_attrs=tuple(sorted(config.edge_attrs.items())),
         )
         self.check_inputs()
@@ -88,7 +88,8 @@ class Pipeline:
     def prepare_outputs(self) -> None:
         """Create the output arrays and tables if absent (idempotent; checks a reused array)."""
         for handle in (self.fragments, self.segments):
-            self.create_label_array(handle)
+            if handle is not None:
+                self.create_label_array(handle)
         self.graph.store().create()
 
     def create_label_array(self, handle: ArrayHandle) -> VolumeArray:
