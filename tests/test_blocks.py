@@ -1,0 +1,125 @@
+"""The four steps blockwise, without Dagster, on the default demo volume (issue: core).
+
+Tutorial parameters: block (20, 100, 100), context (2, 2, 2), bias -0.5 per
+offset, one score group over the 3 offsets, weights (1.0, -0.5).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from volara_assets.blocks import EdgesJob, FragmentsJob, SegmentsJob
+from volara_assets.config import PipelineConfig
+from volara_assets.demo import write_demo
+from volara_assets.ops.agglomerate import agglomerate
+from volara_assets.ops.metrics import evaluate
+from volara_assets.pipeline import Pipeline
+from volara_assets.storage.lut import save_lut
+
+HOOD = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("blocks") / "demo.zarr"
+    write_demo(path, shape=(60, 256, 256), seed=0)
+    return path
+
+
+def make_pipeline(volume: Path, out: Path) -> Pipeline:
+    config = PipelineConfig.model_validate(
+        dict(
+            name="blocks",
+            affinities=str(volume / "affs"),
+            neighborhood=HOOD,
+            ground_truth=str(volume / "labels"),
+            fragments_array=str(out / "out.zarr" / "fragments"),
+            segments_array=str(out / "out.zarr" / "segments"),
+            lut_path=str(out / "lut.npz"),
+            db_url=f"sqlite:///{out / 'db.sqlite'}",
+            block_size=[20, 100, 100],
+            context=[2, 2, 2],
+            fragments={"bias": [-0.5, -0.5, -0.5]},
+            edges={"scores": {"zyx_aff": HOOD}},
+            lut={"weights": {"zyx_aff": [1.0, -0.5]}},
+        )
+    )
+    pipeline = Pipeline(config)
+    pipeline.prepare_outputs()
+    return pipeline
+
+
+def run(pipeline: Pipeline, order: list[int], repeat: set[int] = frozenset()) -> None:
+    c, g = pipeline.config, pipeline.grid
+    frags = FragmentsJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph)
+    edges = EdgesJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph)
+    for job in (frags, edges):
+        for i in order:
+            job(i)
+            if i in repeat:
+                job(i)
+    store = pipeline.graph.store()
+    lut = agglomerate(store.read_nodes().ids, store.read_edges(), c.lut.weights)
+    save_lut(pipeline.lut.path, lut)
+    seg = SegmentsJob(g, pipeline.fragments, pipeline.segments, pipeline.lut)
+    for i in order:
+        seg(i)
+
+
+@pytest.fixture(scope="module")
+def reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    pipeline = make_pipeline(volume, tmp_path_factory.mktemp("ref"))
+    run(pipeline, list(range(pipeline.grid.num_blocks)))
+    return pipeline
+
+
+def test_perfect_affinities_reproduce_the_ground_truth(reference: Pipeline):
+    roi = reference.grid.volume_roi
+    seg = reference.segments.read(roi)
+    gt = reference.ground_truth.read(roi)
+    scores = evaluate(seg, gt)
+    assert scores["voi_split"] == pytest.approx(0, abs=1e-12)
+    assert scores["voi_merge"] == pytest.approx(0, abs=1e-12)
+    assert scores["are"] == pytest.approx(0, abs=1e-12)
+    # background stays background, and segments <-> labels is a bijection
+    assert np.array_equal(seg == 0, gt == 0)
+    pairs = np.unique(np.stack([seg[gt > 0], gt[gt > 0].astype(np.uint64)]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def test_fragment_ids_encode_their_block(reference: Pipeline):
+    g = reference.grid
+    frags = reference.fragments.read(g.volume_roi)
+    for block in g.blocks():
+        ids = np.unique(frags[block.write_roi.slices])
+        ids = ids[ids != 0]
+        assert np.all(g.block_of_fragment(ids) == block.index)
+    nodes = reference.graph.store().read_nodes()
+    assert set(nodes.ids.tolist()) == set(np.unique(frags[frags != 0]).tolist())
+    assert nodes.sizes.sum() == np.count_nonzero(frags)
+
+
+def test_any_order_and_repeated_blocks_give_identical_results(
+    volume: Path, reference: Pipeline, tmp_path: Path
+):
+    other = make_pipeline(volume, tmp_path)
+    order = list(range(other.grid.num_blocks))
+    random.Random(7).shuffle(order)
+    run(other, order, repeat=set(order[:5]))
+    roi = other.grid.volume_roi
+    for name in ("fragments", "segments"):
+        assert np.array_equal(getattr(other, name).read(roi), getattr(reference, name).read(roi)), (
+            name
+        )
+    a, b = other.graph.store(), reference.graph.store()
+    na, nb = a.read_nodes(), b.read_nodes()
+    assert np.array_equal(na.ids, nb.ids) and np.array_equal(na.sizes, nb.sizes)
+    assert np.array_equal(na.positions, nb.positions)
+    ea, eb = a.read_edges(), b.read_edges()
+    assert np.array_equal(ea.u, eb.u) and np.array_equal(ea.v, eb.v)
+    assert np.array_equal(ea.scores["zyx_aff"], eb.scores["zyx_aff"], equal_nan=True)
+    assert a.count_nodes() == len(na) and a.count_edges() == len(ea)
