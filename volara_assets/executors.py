@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,40 +42,96 @@ def _timed(fn: Callable, item: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-@contextmanager
-def open_executor(config: ExecutorConfig) -> Iterator[Executor]:
-    """An executor for ``config``; shut down (workers joined) on exit.
+# Started pools and clusters, kept for the life of the process: the steps of a run
+# (fragments, edges, segments) share the workers instead of paying their start-up
+# (interpreter, imports, numba cache load, Dask scheduler) once per step.
+_SHARED: dict[ExecutorConfig, tuple[Executor, Callable[[], None]]] = {}
 
-    ``processes`` uses the ``forkserver`` start method: workers do not inherit
-    the Dagster process's threads and locks, and each worker imports the
-    kernels once for all of its blocks.
-    """
-    if config.kind == "serial" or (config.kind == "processes" and config.num_workers == 1):
-        yield _SerialExecutor()
-    elif config.kind == "processes":
+
+def _start(config: ExecutorConfig) -> tuple[Executor, Callable[[], None]]:
+    """A new executor for ``config`` and the function that shuts it down."""
+    if config.kind == "processes":
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["volara_assets.blocks"])
-        with ProcessPoolExecutor(config.num_workers, mp_context=ctx) as pool:
-            yield pool
-    elif config.kind == "dask":
+        pool = ProcessPoolExecutor(config.num_workers, mp_context=ctx)
+        return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+    if config.kind == "dask":
         from distributed import Client, LocalCluster
 
         if config.dask_address:
-            with Client(config.dask_address) as client:
-                yield client.get_executor()
-        else:
-            with (
-                LocalCluster(
-                    n_workers=config.num_workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                ) as cluster,
-                Client(cluster) as client,
-            ):
-                yield client.get_executor()
-    else:  # pragma: no cover - pydantic rejects other kinds
-        raise ValueError(f"executor.kind: unknown kind {config.kind!r}")
+            client = Client(config.dask_address)
+            return client.get_executor(pure=False), client.close
+        cluster = LocalCluster(
+            n_workers=config.num_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+        client = Client(cluster)
+
+        def close() -> None:
+            client.close()
+            cluster.close()
+
+        # pure=False: a rerun of a block must run again, never reuse a cached result.
+        return client.get_executor(pure=False), close
+    raise ValueError(f"executor.kind: unknown kind {config.kind!r}")  # pragma: no cover
+
+
+def _healthy(executor: Executor) -> bool:
+    if isinstance(executor, ProcessPoolExecutor):
+        return not getattr(executor, "_broken", False) and not getattr(
+            executor, "_shutdown_thread", False
+        )
+    client = getattr(executor, "_client", None)
+    return client is None or client.status == "running"
+
+
+def shutdown_executors() -> None:
+    """Shut down every shared pool and cluster (also run at interpreter exit)."""
+    while _SHARED:
+        _, (_, close) = _SHARED.popitem()
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+atexit.register(shutdown_executors)
+
+
+@contextmanager
+def open_executor(config: ExecutorConfig, *, shared: bool = True) -> Iterator[Executor]:
+    """An executor for ``config``.
+
+    ``processes`` uses the ``forkserver`` start method: workers do not inherit
+    the Dagster process's threads and locks, and each worker imports the
+    kernels once for all of its blocks. ``dask`` starts a ``LocalCluster`` of
+    single-threaded worker processes, or connects to ``dask_address``.
+
+    With ``shared`` (the default) the pool or cluster outlives the ``with``
+    block and is reused by the next step with the same config, until
+    :func:`shutdown_executors` or interpreter exit; a broken pool is replaced.
+    Without it, the workers are shut down on exit.
+    """
+    if config.kind == "serial" or (config.kind == "processes" and config.num_workers == 1):
+        yield _SerialExecutor()
+        return
+    if not shared:
+        executor, close = _start(config)
+        try:
+            yield executor
+        finally:
+            close()
+        return
+    entry = _SHARED.get(config)
+    if entry is not None and not _healthy(entry[0]):
+        _SHARED.pop(config)
+        entry[1]()
+        entry = None
+    if entry is None:
+        entry = _SHARED[config] = _start(config)
+    yield entry[0]
 
 
 def run_blocks(
