@@ -26,6 +26,11 @@ from dagster import (
     ExecuteInProcessResult,
     materialize,
 )
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+from dagster._core.definitions.automation_tick_evaluation_context import (
+    build_run_requests_with_backfill_policies,
+)
+from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -424,14 +429,37 @@ def test_failing_blocks_fail_the_run_and_resume_only_recomputes_them(
     frag_dir = Path(bp.config.fragments_array)
     stamps = {k: chunk_file(frag_dir, grid_begin(bp, k)).stat().st_mtime_ns for k in succeeded}
 
-    # Resume: restore the input, materialize only the missing partitions (what the UI's
-    # "materialize missing" launches), then the downstream steps for everything.
+    # Resume: restore the input and materialize only the missing partitions, with the
+    # runs Dagster's backfill planner makes for them (a UI "materialize missing"
+    # backfill): with BackfillPolicy.single_run, one run per contiguous range of keys.
     for p, data in zip(corrupt, saved, strict=True):
         p.write_bytes(data)
+    step = ("fragments", "fragment_nodes")
+    missing = {
+        AssetKeyPartitionKey(bp.key(name), k)
+        for name in step
+        for k in set(bp.partition_keys) - instance.get_materialized_partitions(bp.key(name))
+    }
+    assert {ap.partition_key for ap in missing} == failing
+    requests = build_run_requests_with_backfill_policies(
+        missing, AssetGraph.from_assets(bp.assets), instance
+    )
+    ranges = sorted(
+        (r.tags[ASSET_PARTITION_RANGE_START_TAG], r.tags[ASSET_PARTITION_RANGE_END_TAG])
+        for r in requests
+    )
+    assert ranges == [("z0_y0_x0", "z0_y0_x0"), ("z2_y1_x1", "z2_y1_x1")]
     resume_runs = {}
-    for key in sorted(failing):
-        r = run_one(bp, instance, ["fragments", "fragment_nodes"], key)
-        resume_runs[key] = r.run_id
+    for request in requests:
+        assert set(request.asset_selection) == set(bp.keys(*step))
+        r = materialize(
+            bp.assets,
+            selection=request.asset_selection,
+            resources=bp.resources,
+            instance=instance,
+            tags=request.tags,
+        )
+        resume_runs[request.tags[ASSET_PARTITION_RANGE_START_TAG]] = r.run_id
     for name in ("fragments", "fragment_nodes"):
         assert instance.get_materialized_partitions(bp.key(name)) == set(EXPECTED_KEYS)
         records = partition_records(instance, bp.key(name))

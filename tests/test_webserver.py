@@ -80,7 +80,11 @@ def test_serialized_asset_graph_maps_interior_edges_to_27_fragments(
         "import sys\n"
         "from dagster._core.remote_representation.external_data import RepositorySnap\n"
         "from dagster_shared.serdes import serialize_value\n"
-        "from volara_assets.definitions import defs\n"
+        "from dagster import Definitions\n"
+        "from volara_assets import definitions\n"
+        "defs = definitions.defs\n"
+        "# A lazy @dagster.definitions function is built on load, as the code server does.\n"
+        "defs = defs if isinstance(defs, Definitions) else defs()\n"
         "snap = RepositorySnap.from_def(defs.get_repository_def())\n"
         "open(sys.argv[1], 'w').write(serialize_value(snap))\n"
     )
