@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 DATA ?= data
 
-.PHONY: install test lint demo dev bench clean
+.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,30 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 # The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT).
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 	$(DAGSTER) dev -w workspace.yaml -h $(HOST) -p $(PORT)
+
+# Benchmarks (issue 6) on the (128, 512, 512) noisy demo volume, data/bench.zarr.
+# `make bench`: ours through `dagster asset materialize`, 1 and 2 workers, median of 3.
+# `make bench-peer`: volara 1.0.5 in its own venv (.venv-peer), A B A B with ours.
+BENCH_REPEATS ?= 3
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP):
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/pip install --quiet volara==1.0.5
+	touch $@
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py ours --workers 1 2 --repeats $(BENCH_REPEATS)
+	$(BIN)/python benchmarks/floor.py
+
+bench-peer: $(STAMP) $(PEER_STAMP)
+	$(BIN)/python benchmarks/bench.py pair --repeats $(BENCH_REPEATS) \
+	  --peer-python $(PEER_VENV)/bin/python
+
+bench-floor: $(STAMP)
+	$(BIN)/python benchmarks/floor.py
+
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py

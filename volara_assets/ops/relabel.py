@@ -38,8 +38,25 @@ def relabel(fragments: np.ndarray, lut: np.ndarray) -> np.ndarray:
     if np.any(keys[1:] == keys[:-1]):
         duplicate = keys[1:][keys[1:] == keys[:-1]][0]
         raise ValueError(f"lut: fragment id {int(duplicate)} appears more than once in row 0")
-    # Binary search instead of a dense table: ids are sparse in a 64-bit space.
     flat = ids.reshape(-1)
+    foreground = flat != 0
+    if not foreground.any():
+        return ids
+    low = int(np.where(foreground, flat, np.uint64(np.iinfo(np.uint64).max)).min())
+    high = int(flat.max())
+    if high - low < 4 * flat.size:
+        # Ids of one block are a narrow range (consecutive per block): a dense
+        # table over that range is a gather, O(n) instead of a binary search.
+        first = int(np.searchsorted(keys, low, side="left"))
+        last = int(np.searchsorted(keys, high, side="right"))
+        table = np.arange(low, high + 1, dtype=np.uint64)
+        table[(keys[first:last] - np.uint64(low)).astype(np.intp)] = values[first:last]
+        dense = flat - np.uint64(low)  # wraps for background, masked below
+        dense[~foreground] = 0
+        out = table[dense.astype(np.intp)]
+        out[~foreground] = 0
+        return out.reshape(ids.shape)
+    # Binary search instead of a dense table: ids are sparse in a 64-bit space.
     pos = np.searchsorted(keys, flat)
     np.minimum(pos, len(keys) - 1, out=pos)
     hit = (keys[pos] == flat) & (flat != 0)

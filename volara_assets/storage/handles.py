@@ -76,5 +76,8 @@ class LutHandle:
         lut = _LUTS.get(key)
         if lut is None:
             _LUTS.clear()
-            lut = _LUTS[key] = load_lut(self.path)
+            lut = load_lut(self.path)
+            # Sorted by fragment id once per load, so every block's relabel finds
+            # its keys already in order.
+            lut = _LUTS[key] = np.ascontiguousarray(lut[:, np.argsort(lut[0], kind="stable")])
         return lut
