@@ -1,0 +1,268 @@
+"""Chained steps (``a + b``) and running them: one Dagster run over every block of every step.
+
+A run builds the pipeline's assets with :func:`volara_assets.assets.build_pipeline_assets`
+(the factory the YAML pipelines use), checks that the assets the steps read and
+do not write are materialized, records the pipeline (see
+:mod:`volara_assets.blockwise.record`) and materializes the steps' assets for
+ALL partitions in one run, so a rerun always recomputes from the current inputs.
+
+The Dagster instance is ``$DAGSTER_HOME``'s when that is set, else a persistent
+one in ``$XDG_DATA_HOME/volara_assets/dagster_home`` (default
+``~/.local/share/volara_assets/dagster_home``): run history and lineage outlive
+the notebook, nothing is written to the working directory, and ``dagster dev``
+with ``DAGSTER_HOME`` pointing there shows the runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetsDefinition,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    in_process_executor,
+    materialize,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from volara_assets.assets import PipelineAssets, build_pipeline_assets
+from volara_assets.config import PipelineConfig
+from volara_assets.resources import BlockExecutor
+
+from .record import read_db_record, write_array_record, write_db_record
+from .steps import BlockwiseStep
+
+__all__ = ["BlockwiseError", "Pipeline", "dagster_home", "dagster_instance"]
+
+DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+_INSTANCES: dict[Path, DagsterInstance] = {}
+# Which step materializes an asset, for messages about missing prerequisites.
+_PRODUCER = {
+    "fragments": "ExtractFrags",
+    "fragment_nodes": "ExtractFrags",
+    "edges": "AffAgglom",
+    "lut": "GraphMWS",
+    "segments": "Relabel",
+}
+
+
+class BlockwiseError(RuntimeError):
+    """A step's run failed (e.g. some blocks raised); the message names the failures."""
+
+
+def dagster_home() -> Path:
+    """The folder of the Dagster instance steps run in (see the module docstring)."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"]).expanduser().resolve()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data).expanduser().resolve() / "volara_assets" / "dagster_home"
+
+
+def dagster_instance() -> DagsterInstance:
+    """The persistent Dagster instance in :func:`dagster_home` (created with telemetry off)."""
+    home = dagster_home()
+    instance = _INSTANCES.get(home)
+    if instance is None:
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text(DAGSTER_YAML)
+        instance = _INSTANCES[home] = DagsterInstance.from_config(str(home))
+    return instance
+
+
+class Pipeline:
+    """Steps run in order, as one Dagster run over one pipeline's assets.
+
+    Parameters
+    ----------
+    steps : sequence of BlockwiseStep
+        In order; each later step continues the config the earlier ones built.
+    """
+
+    def __init__(self, steps: Sequence[BlockwiseStep] = ()) -> None:
+        self.steps: list[BlockwiseStep] = list(steps)
+
+    def __repr__(self) -> str:
+        return " + ".join(type(s).__name__ for s in self.steps) or "Pipeline()"
+
+    def __add__(self, other: BlockwiseStep | Pipeline) -> Pipeline:
+        if isinstance(other, Pipeline):
+            return Pipeline(self.steps + other.steps)
+        if isinstance(other, BlockwiseStep):
+            return Pipeline([*self.steps, other])
+        return NotImplemented
+
+    # -- config and definitions ---------------------------------------------------
+    def config(self) -> PipelineConfig:
+        """The pipeline config: each step's section merged, in order, onto what is recorded."""
+        if not self.steps:
+            raise ValueError("Pipeline: no steps")
+        config: PipelineConfig | None = None
+        for step in self.steps:
+            config = step.apply(config if config is not None else step.locate())
+        assert config is not None
+        return config
+
+    def build(self) -> PipelineAssets:
+        """The pipeline's assets and IO managers, from the shared asset factory."""
+        return build_pipeline_assets(self.config())
+
+    def to_definitions(self, block_executor: BlockExecutor | None = None) -> Definitions:
+        """Dagster ``Definitions`` serving this pipeline's assets (e.g. for ``dagster dev``).
+
+        What :func:`volara_assets.definitions.build_definitions` serves for a YAML
+        pipeline; that module is not imported because importing it builds its
+        ``defs`` from ``VOLARA_PIPELINES`` (or the demo data).
+        """
+        built = self.build()
+        return Definitions(
+            assets=built.assets,
+            asset_checks=built.asset_checks,
+            sensors=getattr(built, "sensors", None),
+            schedules=getattr(built, "schedules", None),
+            jobs=getattr(built, "jobs", None),
+            resources={
+                "block_executor": block_executor or BlockExecutor.from_env(),
+                **built.resources,
+            },
+            executor=in_process_executor,
+        )
+
+    # -- running ----------------------------------------------------------------
+    def _num_workers(self) -> int:
+        chosen = [s.num_workers for s in self.steps if "num_workers" in s.model_fields_set]
+        return max(chosen) if chosen else max(2, os.cpu_count() or 1)
+
+    def run_blockwise(self, multiprocessing: bool = False) -> ExecuteInProcessResult:
+        """Materialize every step's assets for all blocks, in one Dagster run.
+
+        Parameters
+        ----------
+        multiprocessing : bool
+            Run blocks in a process pool (``num_workers`` of the steps, else one
+            per CPU) instead of one after another in this process.
+
+        Returns
+        -------
+        ExecuteInProcessResult
+            The successful Dagster run.
+
+        Raises
+        ------
+        ValueError
+            Before anything is written, if the config is incomplete or a
+            prerequisite (an asset the steps read but do not write) is not
+            materialized; the message names it and the step producing it.
+        BlockwiseError
+            If the run failed, e.g. some blocks raised (named with their errors).
+        """
+        built = self.build()
+        config = built.config
+        selected = [built.key(name) for step in self.steps for name in step.outputs]
+        instance = dagster_instance()
+        _check_prerequisites(instance, built, selected, self)
+        if any(key.path[-1] == "fragments" for key in selected):
+            built.pipeline.create_label_array(built.pipeline.fragments)
+            previous = read_db_record(config.db_url)
+            if previous is not None and (
+                previous.fragments_array != config.fragments_array
+                or previous.block_size != config.block_size
+            ):
+                # Rows are replaced per block index; another grid's blocks would
+                # leave stale fragments behind (or collide), so start the graph anew.
+                built.pipeline.graph.store().drop()
+        if Path(config.fragments_array).exists():
+            write_array_record(config)
+        write_db_record(config)
+
+        executor = (
+            BlockExecutor(kind="processes", num_workers=self._num_workers())
+            if multiprocessing
+            else BlockExecutor(kind="serial")
+        )
+        tags = {"volara_assets/steps": repr(self)}
+        if any(_partitioned(built, key) for key in selected):
+            keys = built.partitions.get_partition_keys()
+            tags[ASSET_PARTITION_RANGE_START_TAG] = keys[0]
+            tags[ASSET_PARTITION_RANGE_END_TAG] = keys[-1]
+        result = materialize(
+            built.assets,
+            selection=selected,
+            instance=instance,
+            resources={"block_executor": executor, **built.resources},
+            tags=tags,
+            raise_on_error=False,
+        )
+        if not result.success:
+            raise BlockwiseError(f"{self!r} failed (run {result.run_id}):\n{_failures(result)}")
+        return result
+
+
+def _definition(built: PipelineAssets, key: AssetKey) -> AssetsDefinition | None:
+    for asset in built.assets:
+        if isinstance(asset, AssetsDefinition) and key in asset.keys:
+            return asset
+    return None
+
+
+def _partitioned(built: PipelineAssets, key: AssetKey) -> bool:
+    asset = _definition(built, key)
+    return asset is not None and asset.partitions_def is not None
+
+
+def _check_prerequisites(
+    instance: DagsterInstance, built: PipelineAssets, selected: list[AssetKey], steps: Pipeline
+) -> None:
+    """Raise unless every asset the selection reads (and does not write) is fully materialized."""
+    upstream: set[AssetKey] = set()
+    for key in selected:
+        asset = _definition(built, key)
+        deps: Iterable[AssetKey] = asset.asset_deps.get(key, ()) if asset is not None else ()
+        upstream.update(d for d in deps if _definition(built, d) is not None)
+    missing = []
+    for key in sorted(upstream - set(selected), key=lambda k: k.to_user_string()):
+        name = key.path[-1]
+        if _partitioned(built, key):
+            total = built.partitions.get_partition_keys()
+            done = instance.get_materialized_partitions(key)
+            if not set(total) <= set(done):
+                missing.append(
+                    f"{name} ({len(set(total) - set(done))} of {len(total)} blocks missing; "
+                    f"run {_PRODUCER.get(name, name)})"
+                )
+        elif instance.get_latest_materialization_event(key) is None:
+            missing.append(f"{name} (never materialized; run {_PRODUCER.get(name, name)})")
+    if missing:
+        raise ValueError(
+            f"{steps!r}: pipeline {built.config.name!r} needs "
+            + ", ".join(missing)
+            + f" first, in the Dagster instance at {dagster_home()}; or chain the steps "
+            "(e.g. extract_frags + aff_agglom + graph_mws + relabel)"
+        )
+
+
+def _failures(result: ExecuteInProcessResult) -> str:
+    lines: list[Any] = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.user_failure_data
+            text = error.description if error is not None and error.description else None
+            if text is None and event.step_failure_data.error is not None:
+                err = event.step_failure_data.error
+                while err.cause is not None and "DagsterExecutionStepExecutionError" in (
+                    err.cls_name or ""
+                ):
+                    err = err.cause
+                text = f"{err.cls_name}: {err.message.strip()}"
+            lines.append(f"  step {event.step_key}: {text}")
+    return "\n".join(lines) or "  (no step failure recorded)"
