@@ -292,18 +292,27 @@ def test_datasets_and_db_read_like_volara(volume: Path, tmp_path: Path) -> None:
     assert affs.roi.shape == (24 * 290, 64 * 260, 64 * 260)
     assert affs[:, 3].shape == (3, 64, 64) and affs.dtype == np.uint8
 
-    extract = tutorial_steps(volume, tmp_path)[0]
-    extract.run_blockwise()
-    db = extract.db.open("r")
+    # A db declared without edge_attrs (volara reads them from an existing db): the
+    # edge table ExtractFrags made gets AffAgglom's score names.
+    undeclared = SQLite(path=tmp_path / "db.sqlite")
+    extract, agglom = tutorial_steps(volume, tmp_path)[:2]
+    extract.model_copy(update={"db": undeclared}).run_blockwise()
+    agglom.model_copy(update={"db": undeclared}).run_blockwise()
+    db = undeclared.open("r")
+    assert db.store.edge_attrs == {"zyx_aff": "float"}
     graph = db.read_graph(Roi(*affs.roi))  # a funlib Roi, as the tutorial passes
     assert graph.number_of_nodes() == db.count_nodes()
     assert db.read_graph(affs.roi).number_of_nodes() == db.count_nodes()
     _, data = next(iter(graph.nodes(data=True)))
     assert set(data) == {"position", "size"}
-    # Only nodes whose centroid lies in the ROI.
+    assert graph.number_of_edges() == db.count_edges() > 0
+    assert all(set(d) == {"zyx_aff"} for *_, d in graph.edges(data=True))
+    # The nodes whose centroid lies in the ROI (plus, bare, the far ends of their edges).
     half = db.read_graph(((0, 0, 0), (8 * 290, 64 * 260, 64 * 260)))
-    assert 0 < half.number_of_nodes() < graph.number_of_nodes()
-    assert all(d["position"][0] < 8 * 290 for _, d in half.nodes(data=True))
+    inside = [d["position"] for _, d in half.nodes(data=True) if d]
+    assert 0 < len(inside) < graph.number_of_nodes()
+    assert all(p[0] < 8 * 290 for p in inside)
+    assert len(inside) == sum(p[0] < 8 * 290 for _, p in graph.nodes(data="position"))
 
 
 def test_example_is_the_tutorial_and_segments_perfectly(tutorial_run: TutorialRun) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from dagster import (
     AssetKey,
     AssetsDefinition,
@@ -171,7 +172,8 @@ class Pipeline:
         selected = [built.key(name) for step in self.steps for name in step.outputs]
         instance = dagster_instance()
         _check_prerequisites(instance, built, selected, self)
-        if any(key.path[-1] == "fragments" for key in selected):
+        names = {key.path[-1] for key in selected}
+        if "fragments" in names:
             built.pipeline.create_label_array(built.pipeline.fragments)
             previous = read_db_record(config.db_url)
             if previous is not None and (
@@ -181,6 +183,7 @@ class Pipeline:
                 # Rows are replaced per block index; another grid's blocks would
                 # leave stale fragments behind (or collide), so start the graph anew.
                 built.pipeline.graph.store().drop()
+        _reset_changed_tables(built, names)
         if Path(config.fragments_array).exists():
             write_array_record(config)
         write_db_record(config)
@@ -218,6 +221,23 @@ def _definition(built: PipelineAssets, key: AssetKey) -> AssetsDefinition | None
 def _partitioned(built: PipelineAssets, key: AssetKey) -> bool:
     asset = _definition(built, key)
     return asset is not None and asset.partitions_def is not None
+
+
+def _reset_changed_tables(built: PipelineAssets, names: set[str]) -> None:
+    """Drop a node or edge table about to be rewritten whose columns are not the configured ones.
+
+    Every block of a selected step is recomputed, so none of its rows survive
+    anyway; e.g. the edge table made with ``ExtractFrags``'s default score name
+    gets ``AffAgglom``'s score names.
+    """
+    store = built.pipeline.graph.store()
+    inspector = sa.inspect(store.engine)
+    for asset, table in (("fragment_nodes", store.nodes), ("edges", store.edges)):
+        if asset not in names or not inspector.has_table(table.name):
+            continue
+        found = {c["name"].lower() for c in inspector.get_columns(table.name)}
+        if found != {c.name.lower() for c in table.columns}:
+            table.drop(store.engine)
 
 
 def _check_prerequisites(

@@ -244,11 +244,11 @@ class AffAgglom(BlockwiseStep):
         )
         self._check_fragments(base, self.frags_data)
         self._check_grid(base, self.block_size)
-        _, edge_attrs = self.db.attrs()
-        if edge_attrs is not None and set(edge_attrs) != set(self.scores):
+        declared = self.db.edge_attrs
+        if declared is not None and set(declared) != set(self.scores):
             raise ValueError(
                 f"AffAgglom.scores: names {sorted(self.scores)} must be the db's edge_attrs "
-                f"{sorted(edge_attrs)} (the columns of the edge table)"
+                f"{sorted(declared)} (the columns of the edge table)"
             )
         config = _merge(
             base,
