@@ -64,6 +64,24 @@ class ExecutorConfig(_Model):
     dask_address: str | None = None
 
 
+class AutomationConfig(_Model):
+    """Unattended operation: the input sensor, the re-observation schedule, declarative automation.
+
+    The input sensor observes the affinities when they appear or change; the
+    automation sensor then materializes the stale partitions (fragments, edges),
+    the LUT and the segments. Intervals are in seconds; ``observe_cron`` is a cron
+    string. ``*_running`` is the status the sensor or schedule starts with (the
+    UI can flip it).
+    """
+
+    input_sensor_interval: int = Field(30, ge=1)
+    input_sensor_running: bool = True
+    automation_interval: int = Field(30, ge=1)
+    automation_running: bool = True
+    observe_cron: str = "0 * * * *"
+    observe_schedule_running: bool = False
+
+
 class PipelineConfig(_Model):
     """One segmentation pipeline over one affinities volume.
 
@@ -89,6 +107,10 @@ class PipelineConfig(_Model):
     edges: EdgesConfig = Field(default_factory=EdgesConfig)
     lut: LutConfig | None = None
     eval_warn_voi: float = 0.5
+    eval_warn_are: float = 0.3
+    # Evaluation reads this many blocks at most (evenly spaced); 0 = the whole volume.
+    eval_sample_blocks: int = Field(64, ge=0)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
 
     @field_validator("name")
     @classmethod

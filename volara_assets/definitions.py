@@ -45,6 +45,9 @@ def build_definitions(configs: list[PipelineConfig]) -> Definitions:
     return Definitions(
         assets=[a for b in built for a in b.assets],
         asset_checks=[c for b in built for c in b.asset_checks],
+        sensors=[s for b in built for s in b.sensors],
+        schedules=[s for b in built for s in b.schedules],
+        jobs=[j for b in built for j in b.jobs],
         resources=resources,
         # Blocks are parallel inside a step (the block executor); a subprocess per
         # step would only add start-up time.

@@ -1,0 +1,504 @@
+"""Unattended operation: per-block input versions, the input sensor, the schedule, automation.
+
+How an input change reaches the segmentation:
+
+1. the affinities are *observed* (by the input sensor, the schedule, or the UI's
+   "Observe sources" button): every partition gets a data version computed from
+   the chunk files under its blocks' read ROIs (:func:`partition_data_versions`);
+2. Dagster marks stale the ``fragments`` partitions whose affinities version
+   changed, the ``edges`` partitions that read those fragments (halo), the
+   ``lut`` and the ``segments``;
+3. the assets' :func:`pipeline_automation_condition` (``eager``) requests
+   exactly those partitions, a step at a time, through the automation sensor.
+"""
+
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+from typing import Any, Literal
+
+import zarr
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
+    AssetSelection,
+    AutomationCondition,
+    DataVersionsByPartition,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    Definitions,
+    JobDefinition,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    SourceAsset,
+    StaticPartitionsDefinition,
+    define_asset_job,
+    deserialize_value,
+    evaluate_automation_conditions,
+    observable_source_asset,
+    schedule,
+    sensor,
+    serialize_value,
+)
+from dagster._core.definitions.asset_daemon_cursor import AssetDaemonCursor
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from .config import PipelineConfig
+from .geometry import BlockGrid, Roi
+
+__all__ = [
+    "VersionMode",
+    "build_affinities_asset",
+    "build_automation_sensor",
+    "build_input_sensor",
+    "build_observe_job",
+    "build_observe_schedule",
+    "input_state",
+    "partition_data_versions",
+    "pipeline_automation_conditions",
+    "ranged_run_requests",
+]
+
+VersionMode = Literal["stat", "content"]
+#: Stands for a chunk that was never written (zarr reads its fill value).
+_ABSENT = "-"
+
+
+def _stored_chunk_shape(array: zarr.Array) -> tuple[int, ...]:
+    """Shape of the objects zarr stores as files: the shard if sharded, else the chunk."""
+    shards = getattr(array, "shards", None)
+    return tuple(int(s) for s in (shards or array.chunks))
+
+
+def _chunk_ranges(roi: Roi, spatial_chunks: tuple[int, ...], spatial_shape) -> list[range] | None:
+    inside = roi.intersect(Roi((0, 0, 0), tuple(spatial_shape)))
+    if inside.empty:
+        return None
+    return [
+        range(b // c, (e - 1) // c + 1)
+        for b, e, c in zip(inside.begin, inside.end, spatial_chunks, strict=True)
+    ]
+
+
+def partition_data_versions(
+    path: str | Path, grid: BlockGrid, mode: VersionMode = "stat"
+) -> dict[str, str]:
+    """A data version per partition from the chunk files its blocks read.
+
+    A partition reads the read ROIs (write ROI plus context) of its blocks; its
+    version is a hash over the array's ``zarr.json`` and, for every stored chunk
+    file under those ROIs, its key and a fingerprint. Two fingerprints exist:
+
+    ``"stat"`` (the default, what the sensor and the observation use)
+        file size and modification time in nanoseconds. Observing costs one
+        ``stat`` per chunk, never reading voxel data, so re-observing a
+        terabyte volume on a schedule takes seconds. A chunk rewritten with
+        identical bytes counts as changed: a needless recomputation, never a
+        missed one. It assumes a POSIX filesystem that updates mtimes, as a
+        local or network mount does.
+    ``"content"``
+        SHA-256 of the chunk file bytes: exact, but reads the whole volume on
+        every observation; for small volumes or audits.
+
+    Parameters
+    ----------
+    path : str or Path
+        Directory of a zarr (v2 or v3) array whose trailing three axes are the
+        grid's spatial axes.
+    grid : BlockGrid
+        The block grid; partition keys come from it.
+    mode : {"stat", "content"}
+
+    Returns
+    -------
+    dict
+        Partition key -> 32-hex-digit version. A change confined to one chunk
+        changes exactly the partitions whose read ROI covers that chunk.
+    """
+    root = Path(path)
+    array = zarr.open_array(store=str(root), mode="r")
+    chunks = _stored_chunk_shape(array)
+    channel_dims = len(chunks) - 3
+    spatial_chunks = chunks[channel_dims:]
+    channel_grid = [
+        range(-(-int(s) // c))
+        for s, c in zip(array.shape[:channel_dims], chunks[:channel_dims], strict=True)
+    ]
+    meta_file = root / ("zarr.json" if array.metadata.zarr_format == 3 else ".zarray")
+    meta = hashlib.sha256(meta_file.read_bytes()).hexdigest() if meta_file.exists() else ""
+    if array.metadata.zarr_format == 2:
+        attrs_file = root / ".zattrs"
+        if attrs_file.exists():
+            meta += hashlib.sha256(attrs_file.read_bytes()).hexdigest()
+    encode = array.metadata.encode_chunk_key
+    fingerprints: dict[tuple[int, ...], str] = {}
+
+    def fingerprint(coords: tuple[int, ...]) -> str:
+        found = fingerprints.get(coords)
+        if found is None:
+            file = root / encode(coords)
+            try:
+                if mode == "content":
+                    found = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+                else:
+                    st = file.stat()
+                    found = f"{st.st_size}:{st.st_mtime_ns}"
+            except FileNotFoundError:
+                found = _ABSENT
+            fingerprints[coords] = found
+        return found
+
+    versions: dict[str, str] = {}
+    for key in grid.partition_keys:
+        coords: set[tuple[int, ...]] = set()
+        for block in grid.partition_blocks(key):
+            ranges = _chunk_ranges(block.read_roi, spatial_chunks, grid.shape)
+            if ranges is None:
+                continue
+            coords.update(itertools.product(*channel_grid, *ranges))
+        digest = hashlib.sha256(meta.encode())
+        for c in sorted(coords):
+            digest.update(f"{'.'.join(map(str, c))}={fingerprint(c)};".encode())
+        versions[key] = digest.hexdigest()[:32]
+    return versions
+
+
+def input_state(versions: Mapping[str, str]) -> str:
+    """One hash of every partition's version: the input sensor's cursor."""
+    text = json.dumps(sorted(versions.items()), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _affinities_exist(path: str) -> bool:
+    root = Path(path)
+    return (root / "zarr.json").is_file() or (root / ".zarray").is_file()
+
+
+# -- the observable input -------------------------------------------------------------
+
+
+def build_affinities_asset(
+    config: PipelineConfig,
+    key: AssetKey,
+    grid: BlockGrid,
+    partitions: StaticPartitionsDefinition,
+    io_manager_key: str,
+) -> SourceAsset:
+    """The ``affinities`` source asset, observable per partition.
+
+    Observing it records, for every partition, the version of the chunks its
+    blocks read (:func:`partition_data_versions`, ``"stat"`` mode).
+    """
+    path = config.affinities
+
+    @observable_source_asset(
+        key=key,
+        partitions_def=partitions,
+        io_manager_key=io_manager_key,
+        group_name=config.name,
+        description=(
+            f"Input affinities {path}, one partition per block (brick). A partition's "
+            "data version fingerprints the chunk files under its read ROI (block + context)."
+        ),
+        metadata={"path": path},
+    )
+    def affinities(context: AssetExecutionContext) -> DataVersionsByPartition:
+        versions = partition_data_versions(path, grid)
+        context.log.info(f"observed {len(versions)} partitions of {path}")
+        return DataVersionsByPartition(versions)
+
+    return affinities
+
+
+# -- sensor, schedule, automation -----------------------------------------------------
+
+
+def _latest_observed_versions(context: SensorEvaluationContext, key: AssetKey) -> dict[str, str]:
+    storage = context.instance.event_log_storage
+    tags = storage.get_latest_tags_by_partition(
+        key, DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG]
+    )
+    return {p: t[DATA_VERSION_TAG] for p, t in tags.items() if DATA_VERSION_TAG in t}
+
+
+def build_input_sensor(config: PipelineConfig, key: AssetKey, grid: BlockGrid) -> SensorDefinition:
+    """A sensor that observes the affinities when they appear or change.
+
+    Every ``automation.input_sensor_interval`` seconds it fingerprints the input
+    (one ``stat`` per chunk). If the fingerprint equals the cursor it skips;
+    otherwise it records an observation for every partition whose version
+    differs from the last one recorded, and moves the cursor, so one state of
+    the input is never reported twice. The observations are what the assets'
+    automation conditions react to: they start the pipeline on exactly the
+    changed blocks.
+    """
+    path = config.affinities
+    auto = config.automation
+
+    @sensor(
+        name=f"{config.name}__input_sensor",
+        minimum_interval_seconds=auto.input_sensor_interval,
+        default_status=(
+            DefaultSensorStatus.RUNNING
+            if auto.input_sensor_running
+            else DefaultSensorStatus.STOPPED
+        ),
+        asset_selection=AssetSelection.assets(key),
+        description=f"Observes {path} when it appears or changes (per-block data versions).",
+    )
+    def input_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        if not _affinities_exist(path):
+            return SkipReason(f"no affinities at {path} yet")
+        versions = partition_data_versions(path, grid)
+        state = input_state(versions)
+        if state == context.cursor:
+            return SkipReason("affinities unchanged since the last observation")
+        known = _latest_observed_versions(context, key)
+        changed = sorted(k for k, v in versions.items() if known.get(k) != v)
+        context.log.info(f"{len(changed)} of {len(versions)} partitions of {path} changed")
+        events = [
+            AssetObservation(
+                asset_key=key,
+                partition=k,
+                tags={DATA_VERSION_TAG: versions[k]},
+                metadata={"observed_by": "input sensor"},
+            )
+            for k in changed
+        ]
+        return SensorResult(asset_events=events, cursor=state)
+
+    return input_sensor
+
+
+def build_observe_job(config: PipelineConfig, key: AssetKey) -> JobDefinition:
+    """A job that observes the affinities (every partition, one step)."""
+    return define_asset_job(
+        f"{config.name}__observe_affinities",
+        selection=AssetSelection.assets(key),
+        description=f"Observe {config.affinities}: a data version per partition.",
+    )
+
+
+def build_observe_schedule(config: PipelineConfig, job: JobDefinition) -> ScheduleDefinition:
+    """Re-observe the affinities on ``automation.observe_cron`` (stopped unless configured)."""
+    auto = config.automation
+
+    @schedule(
+        name=f"{config.name}__observe_schedule",
+        cron_schedule=auto.observe_cron,
+        job=job,
+        default_status=(
+            DefaultScheduleStatus.RUNNING
+            if auto.observe_schedule_running
+            else DefaultScheduleStatus.STOPPED
+        ),
+        description=f"Re-observe {config.affinities} on '{auto.observe_cron}'.",
+    )
+    def observe_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        if not _affinities_exist(config.affinities):
+            return SkipReason(f"no affinities at {config.affinities}")
+        return RunRequest(tags={"volara/trigger": "observe_schedule"})
+
+    return observe_schedule
+
+
+def _requested(trigger: AutomationCondition) -> AutomationCondition:
+    """``eager()`` with another trigger: requested once per trigger, when nothing it needs is
+    missing or running."""
+    return (
+        AutomationCondition.in_latest_time_window()
+        & (AutomationCondition.newly_missing() | trigger).since_last_handled()
+        & ~AutomationCondition.any_deps_missing()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+    )
+
+
+def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
+    """The automation condition of every computed asset of pipeline ``name``, by asset name.
+
+    Each is ``eager()`` (requested when missing or when a dependency was updated,
+    never while a dependency is missing or running) plus one rule: *wait while
+    an upstream step is about to run*. Dagster only sees an upstream request of
+    the same tick when both can share a run (identity mapping, same partitions);
+    through the halo mapping or into the unpartitioned LUT it cannot, so each
+    condition asks its dependencies' own conditions instead. The result is one
+    wave per step: ``fragments`` of the changed blocks, then the ``edges`` that
+    read them, then the ``lut``, then every ``segments`` partition, each once.
+
+    * ``fragments`` / ``fragment_nodes``: ``eager()``. The trigger is the
+      observed affinities partition; Dagster counts an observation as an update
+      only when its data version changed, so only changed blocks run.
+    * ``edges``: ``eager()``, waiting while a fragments partition in its halo
+      is about to be requested.
+    * ``lut``: ``eager()``, waiting while any edges or nodes partition is about
+      to be requested.
+    * ``segments``: requested when missing or when the LUT was updated (a
+      changed fragment always changes the LUT after it), waiting while the LUT
+      or its fragments are about to be requested.
+    """
+
+    def keys(*names: str) -> AssetSelection:
+        return AssetSelection.assets(*(AssetKey([name, n]) for n in names))
+
+    def waiting_for(condition: AutomationCondition, *names: str) -> AutomationCondition:
+        return ~AutomationCondition.any_deps_match(condition).allow(keys(*names))
+
+    fragments = AutomationCondition.eager()
+    edges = AutomationCondition.eager() & waiting_for(fragments, "fragments", "fragment_nodes")
+    lut = AutomationCondition.eager() & waiting_for(edges, "edges", "fragment_nodes")
+    segments = (
+        _requested(AutomationCondition.any_deps_updated().ignore(keys("fragments")))
+        & waiting_for(lut, "lut")
+        & waiting_for(fragments, "fragments")
+    )
+    return {
+        "fragments": fragments.with_label("eager"),
+        "fragment_nodes": fragments.with_label("eager"),
+        "edges": edges.with_label("eager, after its fragments"),
+        "lut": lut.with_label("eager, after the edges"),
+        "segments": segments.with_label("after the LUT"),
+    }
+
+
+def ranged_run_requests(
+    requested: Mapping[AssetKey, AbstractSet[str | None]],
+    partition_keys: Sequence[str],
+    run_key_prefix: str,
+) -> list[RunRequest]:
+    """One run per group of assets requested for the same partitions, per contiguous range.
+
+    Parameters
+    ----------
+    requested : mapping
+        Asset key -> requested partition keys (``{None}`` for an unpartitioned asset).
+    partition_keys : sequence of str
+        All partition keys in order; a range is a run of consecutive keys in it.
+    run_key_prefix : str
+        Makes the run keys unique per tick, so a retried tick launches nothing twice.
+
+    Returns
+    -------
+    list of RunRequest
+        Assets requested for the same partitions share a run (``fragments`` and
+        ``fragment_nodes``); a set of partitions becomes one run per contiguous
+        range (``dagster/asset_partition_range_*`` tags, what the assets'
+        single-run backfill policy executes), a single partition one run.
+    """
+    groups: dict[frozenset, list[AssetKey]] = {}
+    for key, partitions in requested.items():
+        if partitions:
+            groups.setdefault(frozenset(partitions), []).append(key)
+    index = {k: i for i, k in enumerate(partition_keys)}
+    requests: list[RunRequest] = []
+    # Upstream groups first: a run's assets and their order come from the selection.
+    for partitions, keys in sorted(groups.items(), key=lambda g: sorted(map(str, g[1]))):
+        selection = sorted(keys, key=lambda k: k.to_user_string())
+        if partitions == {None}:
+            requests.append(
+                RunRequest(run_key=f"{run_key_prefix}:{len(requests)}", asset_selection=selection)
+            )
+            continue
+        ordered = sorted(partitions, key=lambda k: index[k])
+        runs: list[list[str]] = []
+        for k in ordered:
+            if runs and index[k] == index[runs[-1][-1]] + 1:
+                runs[-1].append(k)
+            else:
+                runs.append([k])
+        for run in runs:
+            run_key = f"{run_key_prefix}:{len(requests)}"
+            if len(run) == 1:
+                requests.append(
+                    RunRequest(run_key=run_key, asset_selection=selection, partition_key=run[0])
+                )
+            else:
+                requests.append(
+                    RunRequest(
+                        run_key=run_key,
+                        asset_selection=selection,
+                        tags={
+                            ASSET_PARTITION_RANGE_START_TAG: run[0],
+                            ASSET_PARTITION_RANGE_END_TAG: run[-1],
+                        },
+                    )
+                )
+    return requests
+
+
+def build_automation_sensor(
+    config: PipelineConfig,
+    assets: Sequence[Any],
+    targets: Sequence[AssetKey],
+    partition_keys: Sequence[str],
+    resources: Mapping[str, Any],
+) -> SensorDefinition:
+    """The sensor that evaluates the assets' automation conditions and launches their runs.
+
+    Each tick evaluates :func:`pipeline_automation_conditions` with Dagster's own
+    evaluator (``evaluate_automation_conditions``; its cursor is the sensor's
+    cursor) and launches one run per group of assets requested for the same
+    partitions and per contiguous partition range.
+
+    Why not Dagster's ``AutomationConditionSensorDefinition``: it launches one run
+    per partition (thousands for the ``segments`` wave) or, with backfills, waits
+    for the backfill daemon's 30 s cycle at every wave. Dagster still creates its
+    ``default_automation_condition_sensor`` for these assets, stopped: leave it
+    stopped, or the two would launch the same work.
+    """
+    auto = config.automation
+    keys = list(targets)
+    graph: list[Definitions] = []  # built on the first tick, then reused
+
+    @sensor(
+        name=f"{config.name}__automation",
+        minimum_interval_seconds=auto.automation_interval,
+        default_status=(
+            DefaultSensorStatus.RUNNING if auto.automation_running else DefaultSensorStatus.STOPPED
+        ),
+        asset_selection=AssetSelection.assets(*keys),
+        description="Materializes stale or missing partitions (the assets' automation "
+        "conditions), then the LUT and the segments: one run per step and partition range.",
+    )
+    def automation(context: SensorEvaluationContext) -> SensorResult:
+        cursor = None
+        if context.cursor:
+            try:
+                cursor = deserialize_value(context.cursor, AssetDaemonCursor)
+            except Exception:  # noqa: BLE001 - an unreadable cursor (new Dagster): start over
+                context.log.warning("automation cursor unreadable; starting from a new one")
+        if not graph:
+            graph.append(Definitions(assets=list(assets), resources=dict(resources)))
+        result = evaluate_automation_conditions(
+            defs=graph[0],
+            instance=context.instance,
+            asset_selection=AssetSelection.assets(*keys),
+            cursor=cursor,
+        )
+        requested = {k: set(result.get_requested_partitions(k)) for k in keys}
+        requests = ranged_run_requests(
+            requested, partition_keys, f"{config.name}:{result.cursor.evaluation_id}"
+        )
+        if requests:
+            context.log.info(
+                "requested "
+                + ", ".join(f"{k.path[-1]} {len(v)}" for k, v in requested.items() if v)
+                + f" in {len(requests)} runs"
+            )
+        return SensorResult(run_requests=requests, cursor=serialize_value(result.cursor))
+
+    return automation

@@ -1,0 +1,332 @@
+"""Asset checks: fragment ids, nodes against the array, LUT coverage, segments, evaluation.
+
+The integrity checks are asset check definitions (``build_pipeline_checks``):
+they run in the same run as the asset they check (Dagster adds a materialized
+asset's checks to the run) and read the store directly. ``evaluation`` is a
+check spec of the ``segments`` step, computed at its end by
+:func:`check_evaluation`.
+
+Cost and scope
+--------------
+* ``fragment_ids_unique``, ``nodes_match_fragments`` and ``segments_match_lut``
+  check **every block of the run's partitions** (the partitions just written):
+  one more read of what the step wrote, so they are cheap enough for every
+  materialization and, run after run, cover the whole volume. Run on their own
+  (no partition in the run), they check every block.
+* ``lut_covers_fragments`` is **full**: every node id against the LUT, a sort of
+  the id lists (no voxel is read).
+* ``evaluation`` (only with ``ground_truth``) is **sampled** on large volumes:
+  VOI and ARE over at most ``eval_sample_blocks`` evenly spaced blocks (the
+  whole volume when it has fewer blocks, or when the setting is 0), with a
+  warning when VOI > ``eval_warn_voi`` or ARE > ``eval_warn_are``.
+"""
+
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    asset_check,
+)
+
+from .geometry import Block, BlockGrid
+from .ops.metrics import evaluate
+from .ops.relabel import relabel
+from .pipeline import Pipeline
+
+__all__ = [
+    "build_pipeline_checks",
+    "check_evaluation",
+    "check_fragment_ids",
+    "check_lut_covers_fragments",
+    "check_nodes_match_fragments",
+    "check_segments_match_lut",
+    "run_partition_keys",
+]
+
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+#: At most this many problems are listed in a failed check's metadata.
+SHOWN = 20
+
+
+def run_partition_keys(tags: dict[str, str], grid: BlockGrid) -> list[str]:
+    """The partitions a run covers, from its tags; every partition if it has none.
+
+    Parameters
+    ----------
+    tags : dict
+        The run's tags (``dagster/partition`` or the partition range tags).
+    grid : BlockGrid
+
+    Returns
+    -------
+    list of str
+        Partition keys in grid order.
+    """
+    keys = grid.partition_keys
+    if PARTITION_TAG in tags and tags[PARTITION_TAG] in keys:
+        return [tags[PARTITION_TAG]]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if start in keys and end in keys:
+        return keys[keys.index(start) : keys.index(end) + 1]
+    return list(keys)
+
+
+def _blocks(grid: BlockGrid, partition_keys: Sequence[str]) -> list[Block]:
+    return [b for k in partition_keys for b in grid.partition_blocks(k)]
+
+
+def _scope(grid: BlockGrid, blocks: Sequence[Block]) -> dict[str, Any]:
+    return {
+        "blocks_checked": len(blocks),
+        "blocks_total": grid.num_blocks,
+        "scope": "every block" if len(blocks) == grid.num_blocks else "the run's partitions",
+    }
+
+
+def _result(passed: bool, metadata: dict[str, Any], problems: list[str]) -> AssetCheckResult:
+    if problems:
+        metadata["problems"] = MetadataValue.md(
+            "\n".join(f"- {p}" for p in problems[:SHOWN])
+            + (f"\n- ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
+        )
+    return AssetCheckResult(passed=passed, metadata=metadata)
+
+
+def _nonzero_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, counts = np.unique(labels, return_counts=True)
+    keep = ids != 0
+    return ids[keep].astype(np.uint64), counts[keep].astype(np.int64)
+
+
+def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> AssetCheckResult:
+    """Fragment ids are unique across blocks.
+
+    Block ``i`` owns the id range ``base(i) + 1 .. base(i) + voxels_per_block``;
+    ranges of different blocks are disjoint, so ids are unique across blocks if
+    and only if every block's voxels and SQL nodes use ids of its own range.
+    A block holding an id of another block's range is named with the block
+    the id belongs to.
+    """
+    grid = pipeline.grid
+    store = pipeline.graph.store()
+    blocks = _blocks(grid, partition_keys)
+    problems: list[str] = []
+    for block in blocks:
+        lo = grid.fragment_id_base(block.index) + 1
+        hi = lo + grid.voxels_per_block - 1
+        ids, _ = _nonzero_ids(pipeline.fragments.read(block.write_roi))
+        nodes = store.block_nodes(block.index).ids
+        for where, found in (("array", ids), ("SQL", nodes)):
+            bad = found[(found < lo) | (found > hi)]
+            if bad.size:
+                owners = sorted(
+                    {
+                        grid.block(int(i)).key
+                        for i in grid.block_of_fragment(bad)
+                        if 0 <= int(i) < grid.num_blocks
+                    }
+                )
+                problems.append(
+                    f"block {block.key}: {bad.size} ids in the {where} outside its range "
+                    f"[{lo}, {hi}] (e.g. {int(bad[0])}; owned by {', '.join(owners) or 'no block'})"
+                )
+    metadata = _scope(grid, blocks)
+    metadata["bad_blocks"] = len(problems)
+    return _result(not problems, metadata, problems)
+
+
+def check_nodes_match_fragments(
+    pipeline: Pipeline, partition_keys: Sequence[str]
+) -> AssetCheckResult:
+    """Per block, the SQL nodes and the array's fragments have the same ids and voxel counts."""
+    grid = pipeline.grid
+    store = pipeline.graph.store()
+    blocks = _blocks(grid, partition_keys)
+    problems: list[str] = []
+    for block in blocks:
+        ids, counts = _nonzero_ids(pipeline.fragments.read(block.write_roi))
+        nodes = store.block_nodes(block.index)
+        in_array = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+        in_sql = dict(zip(nodes.ids.tolist(), nodes.sizes.tolist(), strict=True))
+        missing = sorted(set(in_array) - set(in_sql))
+        extra = sorted(set(in_sql) - set(in_array))
+        sizes = sorted(i for i in set(in_array) & set(in_sql) if in_array[i] != in_sql[i])
+        for what, found in (
+            ("fragments without a node", missing),
+            ("nodes without voxels", extra),
+            ("nodes whose size differs from the voxel count", sizes),
+        ):
+            if found:
+                problems.append(f"block {block.key}: {len(found)} {what} (e.g. {found[0]})")
+    metadata = _scope(grid, blocks)
+    metadata["bad_blocks"] = len({p.split(":")[0] for p in problems})
+    return _result(not problems, metadata, problems)
+
+
+def check_lut_covers_fragments(pipeline: Pipeline) -> AssetCheckResult:
+    """Every fragment (SQL node) appears exactly once in the LUT's fragment row."""
+    lut = pipeline.lut.load() if pipeline.lut is not None else np.zeros((2, 0), np.uint64)
+    nodes = pipeline.graph.store().read_nodes().ids
+    keys = np.sort(lut[0])
+    duplicated = np.unique(keys[1:][keys[1:] == keys[:-1]])
+    missing = np.setdiff1d(nodes, keys, assume_unique=False)
+    problems = []
+    if missing.size:
+        problems.append(
+            f"{missing.size} of {nodes.size} fragments are not in the LUT "
+            f"(e.g. {', '.join(str(int(i)) for i in missing[:5])})"
+        )
+    if duplicated.size:
+        problems.append(
+            f"{duplicated.size} fragment ids appear more than once in the LUT "
+            f"(e.g. {int(duplicated[0])})"
+        )
+    metadata = {
+        "fragments": int(nodes.size),
+        "lut_entries": int(lut.shape[1]),
+        "missing": int(missing.size),
+        "scope": "every fragment",
+    }
+    return _result(not problems, metadata, problems)
+
+
+def check_segments_match_lut(pipeline: Pipeline, partition_keys: Sequence[str]) -> AssetCheckResult:
+    """Per block, every voxel's segment id is the LUT's segment for its fragment."""
+    grid = pipeline.grid
+    pipeline.config.require("segments_array")
+    segments = pipeline.segments
+    lut = pipeline.lut.load()
+    blocks = _blocks(grid, partition_keys)
+    problems: list[str] = []
+    wrong_voxels = 0
+    for block in blocks:
+        expected = relabel(pipeline.fragments.read(block.write_roi), lut)
+        found = segments.read(block.write_roi)
+        wrong = int(np.count_nonzero(expected != found))
+        if wrong:
+            wrong_voxels += wrong
+            problems.append(f"block {block.key}: {wrong} voxels differ from LUT(fragments)")
+    metadata = _scope(grid, blocks)
+    metadata["wrong_voxels"] = wrong_voxels
+    return _result(not problems, metadata, problems)
+
+
+def _sample(grid: BlockGrid, limit: int) -> list[Block]:
+    if limit <= 0 or grid.num_blocks <= limit:
+        return list(grid.blocks())
+    picks = np.linspace(0, grid.num_blocks - 1, limit).round().astype(int)
+    return [grid.block(int(i)) for i in np.unique(picks)]
+
+
+def check_evaluation(
+    pipeline: Pipeline, warn_voi: float, warn_are: float, sample_blocks: int
+) -> AssetCheckResult:
+    """VOI (split + merge) and ARE of the segments against the ground truth.
+
+    Sampled: at most ``sample_blocks`` evenly spaced blocks are read (all when
+    the volume has fewer, or ``sample_blocks`` is 0). Fails (with severity
+    WARN) when VOI > ``warn_voi`` or ARE > ``warn_are``.
+    """
+    if pipeline.ground_truth is None:
+        raise ValueError("ground_truth: check_evaluation needs a ground truth array")
+    grid = pipeline.grid
+    blocks = _sample(grid, sample_blocks)
+    if len(blocks) == grid.num_blocks:
+        roi = grid.volume_roi
+        scores = evaluate(pipeline.segments.read(roi), pipeline.ground_truth.read(roi))
+    else:
+        seg = np.concatenate([pipeline.segments.read(b.write_roi).ravel() for b in blocks])
+        gt = np.concatenate([pipeline.ground_truth.read(b.write_roi).ravel() for b in blocks])
+        scores = evaluate(seg, gt)
+    voi = float(scores["voi_split"] + scores["voi_merge"])
+    are = float(scores["are"])
+    passed = bool(voi <= warn_voi and are <= warn_are)
+    metadata: dict[str, Any] = {k: MetadataValue.float(float(v)) for k, v in scores.items()}
+    metadata.update(
+        {
+            "warn_voi": MetadataValue.float(warn_voi),
+            "warn_are": MetadataValue.float(warn_are),
+            "blocks_evaluated": len(blocks),
+            "blocks_total": grid.num_blocks,
+            "scope": "whole volume" if len(blocks) == grid.num_blocks else "sampled blocks",
+        }
+    )
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=None
+        if passed
+        else f"VOI {voi:.3f} (warn {warn_voi}), ARE {are:.3f} (warn {warn_are})",
+    )
+
+
+def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
+    """The asset checks of one pipeline (what the config's outputs allow)."""
+    config = pipeline.config
+    grid = pipeline.grid
+    name = config.name
+
+    def key(asset: str) -> AssetKey:
+        return AssetKey([name, asset])
+
+    def keys_of(context: AssetCheckExecutionContext) -> list[str]:
+        return run_partition_keys(dict(context.run.tags), grid)
+
+    @asset_check(
+        asset=key("fragments"),
+        name="fragment_ids_unique",
+        blocking=True,
+        description="Fragment ids are unique across blocks: each block uses only its own id "
+        "range, in the array and in SQL. Every block of the run's partitions.",
+    )
+    def fragment_ids_unique(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        return check_fragment_ids(pipeline, keys_of(context))
+
+    @asset_check(
+        asset=key("fragment_nodes"),
+        name="nodes_match_fragments",
+        blocking=True,
+        description="Per block, SQL nodes and array fragments have the same ids and sizes. "
+        "Every block of the run's partitions.",
+    )
+    def nodes_match_fragments(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        return check_nodes_match_fragments(pipeline, keys_of(context))
+
+    checks = [fragment_ids_unique, nodes_match_fragments]
+    if config.lut_path is not None:
+
+        @asset_check(
+            asset=key("lut"),
+            name="lut_covers_fragments",
+            blocking=True,
+            description="Every fragment (SQL node) is in the LUT exactly once. Full.",
+        )
+        def lut_covers_fragments(context: AssetCheckExecutionContext) -> AssetCheckResult:
+            return check_lut_covers_fragments(pipeline)
+
+        checks.append(lut_covers_fragments)
+    if config.lut_path is not None and config.segments_array is not None:
+
+        @asset_check(
+            asset=key("segments"),
+            name="segments_match_lut",
+            blocking=True,
+            description="Every segment id is the LUT's segment of the voxel's fragment. "
+            "Every block of the run's partitions.",
+        )
+        def segments_match_lut(context: AssetCheckExecutionContext) -> AssetCheckResult:
+            return check_segments_match_lut(pipeline, keys_of(context))
+
+        checks.append(segments_match_lut)
+    return checks
