@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, definitions, in_process_executor
 
 from .assets import PipelineAssets, build_pipeline_assets
 from .config import PipelineConfig
@@ -59,4 +59,8 @@ def load_definitions(spec: str | None = None) -> Definitions:
     return build_definitions([PipelineConfig.from_yaml(p) for p in pipeline_files(spec)])
 
 
-defs = load_definitions()
+@definitions
+def defs() -> Definitions:
+    """Built when Dagster loads the code location, not at import: importing this
+    module never needs the pipelines' input data to exist."""
+    return load_definitions()
