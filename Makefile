@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 DATA ?= data
 
-.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean
+.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean browser screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check volara_assets tests examples benchmarks
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest
+
+# Debian's headless Chromium for tests/test_browser.py (apt, as root; no downloaded builds).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# Refresh docs/asset_graph.png (the README's picture of the asset graph).
+screenshot: $(STAMP) browser
+	VOLARA_SCREENSHOT=docs/asset_graph.png $(BIN)/python -m pytest tests/test_browser.py
 
 clean:
 	rm -rf $(DATA) .dagster_home
@@ -39,10 +48,13 @@ data/demo.zarr/.complete: $(STAMP)
 	$(BIN)/python -m volara_assets.demo --path data/demo.zarr
 	touch $@
 
-# The whole pipeline on the demo volume, from the command line, then a summary.
+# The whole pipeline on the demo volume, from the command line, then a summary. The input
+# is observed first, so that the sensors of `make dev` find nothing new to recompute.
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 	@start=$$(date +%s); \
 	range=$$($(BIN)/python -m volara_assets.report range $(PIPELINE)); \
+	$(DAGSTER) job execute -m volara_assets.definitions -j demo__observe_affinities \
+	  > /dev/null && \
 	$(DAGSTER) asset materialize -m volara_assets.definitions \
 	  --select 'demo/fragments,demo/fragment_nodes,demo/edges,demo/lut,demo/segments' \
 	  --partition-range "$$range" && \

@@ -8,6 +8,7 @@ the chunk at the volume's corner reaches only block ``z0_y0_x0``'s read ROI.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -56,7 +57,7 @@ from dagster._core.storage.tags import (
 
 from volara_assets.automation import input_state, partition_data_versions
 from volara_assets.geometry import BlockGrid, Roi
-from volara_assets.storage.arrays import open_array
+from volara_assets.storage.arrays import create_array, open_array
 
 COMPUTED = ("fragments", "fragment_nodes", "edges", "lut", "segments")
 #: A corner region of block z0_y0_x0, inside one input chunk (4, 16, 16).
@@ -340,67 +341,70 @@ def test_input_change_makes_stale_and_recomputes_exactly_the_affected_partitions
 
 
 def test_input_sensor_fires_once_per_input_state(demo_volume: Path, tmp_path: Path) -> None:
-    volume = tmp_path / "later.zarr"  # does not exist yet
-    yaml_path = write_pipeline_yaml(tmp_path / "out", demo_volume)
-    yaml_path = with_automation(yaml_path, input_sensor_interval=7)
+    # The affinities array is declared (metadata, no chunk written yet): the code
+    # location loads, and the sensor sees the data appear later.
+    source = open_array(demo_volume / "affs")
+    volume = tmp_path / "later.zarr"
+    create_array(
+        volume / "affs",
+        source.spatial_shape,
+        source.dtype,
+        offset=source.offset,
+        voxel_size=source.voxel_size,
+        chunks=source.spatial_chunks,
+        axis_names=source.axis_names,
+        units=source.units,
+        num_channels=source.num_channels,
+        channel_axis_name=source.axis_names[0],
+    )
+    yaml_path = with_automation(
+        write_pipeline_yaml(tmp_path / "out", volume, ground_truth=False),
+        input_sensor_interval=7,
+    )
     defs = build_defs(yaml_path)
-    bp = build_pipeline(yaml_path)
     sensor_def = defs.resolve_sensor_def("demo__input_sensor")
     assert sensor_def.minimum_interval_seconds == 7
     assert sensor_def.default_status == DefaultSensorStatus.RUNNING
-    affinities = bp.key("affinities")
+    keys = build_pipeline(yaml_path).partition_keys
     instance = DagsterInstance.ephemeral()
 
     def tick(cursor: str | None) -> SensorResult | SkipReason:
         with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as ctx:
             result = sensor_def(ctx)
         if isinstance(result, SensorResult):
+            assert all(isinstance(e, AssetObservation) for e in result.asset_events)
             for event in result.asset_events:  # what the daemon stores
                 instance.report_runless_asset_event(event)
         return result
 
-    # Input absent: the pipeline's config points at a volume that does not exist yet.
-    from volara_assets.automation import build_input_sensor
+    def observed(result: SensorResult) -> list[str]:
+        return sorted(e.partition for e in result.asset_events)
 
-    config = bp.config.model_copy(update={"affinities": str(volume / "affs")})
-    absent = build_input_sensor(config, affinities, bp.built.pipeline.grid)
-    with build_sensor_context(instance=instance) as ctx:
-        skipped = absent(ctx)
-    assert isinstance(skipped, SkipReason) and "no affinities" in skipped.skip_message
+    empty = tick(None)
+    assert isinstance(empty, SensorResult) and observed(empty) == keys
+    assert isinstance(tick(empty.cursor), SkipReason)
 
-    # The input appears (here: the sensor sees it for the first time): every partition observed.
-    first = tick(None)
-    assert isinstance(first, SensorResult) and first.cursor
-    assert {e.partition for e in first.asset_events} == set(bp.partition_keys)
-    assert all(isinstance(e, AssetObservation) for e in first.asset_events)
-    # The same state again: no event, whatever the cursor of a restarted daemon says.
-    again = tick(first.cursor)
-    assert isinstance(again, SkipReason)
+    # The data appears: every partition has a new version, reported once.
+    open_array(volume / "affs", "r+").write(source.volume_roi, source.read(source.volume_roi))
+    appeared = tick(empty.cursor)
+    assert isinstance(appeared, SensorResult) and observed(appeared) == keys
+    assert appeared.cursor != empty.cursor
+    assert isinstance(tick(appeared.cursor), SkipReason)
+    # A restarted daemon (no cursor) compares with what the instance recorded: nothing new.
     restarted = tick(None)
     assert isinstance(restarted, SensorResult) and restarted.asset_events == []
-    assert restarted.cursor == first.cursor
+    assert restarted.cursor == appeared.cursor
 
-    # A change: observations for exactly the changed partitions, once.
-    private = copy_volume(demo_volume, tmp_path / "private")
-    yaml2 = with_automation(write_pipeline_yaml(tmp_path / "out2", private))
-    defs2 = build_defs(yaml2)
-    sensor2 = defs2.resolve_sensor_def("demo__input_sensor")
-    instance = DagsterInstance.ephemeral()
+    # A change: observations for exactly the partitions that read it, once.
+    change_affinities(volume / "affs", CHANGED)
+    changed = tick(appeared.cursor)
+    assert isinstance(changed, SensorResult) and observed(changed) == ["z0_y0_x0"]
+    assert isinstance(tick(changed.cursor), SkipReason)
 
-    def tick2(cursor: str | None) -> SensorResult | SkipReason:
-        with build_sensor_context(instance=instance, cursor=cursor, definitions=defs2) as ctx:
-            result = sensor2(ctx)
-        if isinstance(result, SensorResult):
-            for event in result.asset_events:
-                instance.report_runless_asset_event(event)
-        return result
-
-    start = tick2(None)
-    change_affinities(private / "affs", CHANGED)
-    changed = tick2(start.cursor)
-    assert isinstance(changed, SensorResult) and changed.cursor != start.cursor
-    assert [e.partition for e in changed.asset_events] == ["z0_y0_x0"]
-    assert isinstance(tick2(changed.cursor), SkipReason)
+    # The input goes away (moved, being rewritten): skip, say why.
+    shutil.rmtree(volume / "affs")
+    gone = tick(changed.cursor)
+    assert isinstance(gone, SkipReason) and "no affinities" in gone.skip_message
 
 
 def test_observe_schedule_is_stopped_by_default_and_observes(

@@ -3,13 +3,18 @@
 How an input change reaches the segmentation:
 
 1. the affinities are *observed* (by the input sensor, the schedule, or the UI's
-   "Observe sources" button): every partition gets a data version computed from
-   the chunk files under its blocks' read ROIs (:func:`partition_data_versions`);
-2. Dagster marks stale the ``fragments`` partitions whose affinities version
-   changed, the ``edges`` partitions that read those fragments (halo), the
-   ``lut`` and the ``segments``;
-3. the assets' :func:`pipeline_automation_condition` (``eager``) requests
-   exactly those partitions, a step at a time, through the automation sensor.
+   "Observe" button): every partition gets a data version computed from the
+   chunk files under its blocks' read ROIs (:func:`partition_data_versions`);
+2. Dagster marks stale the ``fragments`` partitions whose version changed;
+3. the automation sensor evaluates the assets' declarative conditions
+   (:func:`pipeline_automation_conditions`) and launches, one wave per step,
+   exactly those fragments partitions, then the ``edges`` partitions that read
+   them (halo), which Dagster shows stale once the fragments changed, then the
+   ``lut``, then every ``segments`` partition.
+
+Dagster's staleness is one level deep: right after the observation only the
+direct dependants of the changed affinities are stale; each later step turns
+stale when the step before it rematerialized.
 """
 
 import hashlib

@@ -81,6 +81,16 @@ class AutomationConfig(_Model):
     observe_cron: str = "0 * * * *"
     observe_schedule_running: bool = False
 
+    @field_validator("observe_cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            raise ValueError(
+                f"automation.observe_cron: expected 5 cron fields "
+                f"(minute hour day month weekday), got {cron!r}"
+            )
+        return cron
+
 
 class PipelineConfig(_Model):
     """One segmentation pipeline over one affinities volume.
