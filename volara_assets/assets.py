@@ -71,6 +71,7 @@ from .executors import run_blocks
 from .geometry import BlockGrid, Roi
 from .io_managers import LutIOManager, SqlIOManager, ZarrIOManager
 from .ops.agglomerate import agglomerate
+from .ops.relabel import relabel
 from .pipeline import Pipeline
 from .resources import BlockExecutor
 from .storage.handles import ArrayHandle, LutHandle
@@ -215,13 +216,8 @@ def _slice_preview(grid: BlockGrid, handle: ArrayHandle, what: str) -> Callable[
 
 def _lut_metadata(table: np.ndarray, nodes: NodeTable, edges: EdgeTable) -> dict[str, Any]:
     """Counts and a histogram of segment sizes (voxels) for the LUT's materialization."""
-    order = np.argsort(table[0])
-    keys, values = table[0][order], table[1][order]
-    pos = np.clip(np.searchsorted(keys, nodes.ids), 0, max(len(keys) - 1, 0))
-    seg_of_node = values[pos] if len(keys) else np.zeros(0, np.uint64)
-    _, inverse = np.unique(seg_of_node, return_inverse=True)
-    sizes = np.bincount(inverse, weights=nodes.sizes).astype(np.int64) if len(nodes) else []
-    sizes = np.asarray(sizes, dtype=np.int64)
+    _, inverse = np.unique(relabel(nodes.ids, table), return_inverse=True)
+    sizes = np.bincount(inverse, weights=nodes.sizes, minlength=0).astype(np.int64)
     segments = int(sizes.size)
     md: dict[str, Any] = {
         "fragments": int(table.shape[1]),
