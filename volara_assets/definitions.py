@@ -33,13 +33,18 @@ def pipeline_files(spec: str | None = None) -> list[Path]:
     return files
 
 
-def build_definitions(configs: list[PipelineConfig]) -> Definitions:
-    """One code location serving every pipeline in ``configs``."""
+def build_definitions(
+    configs: list[PipelineConfig], block_executor: BlockExecutor | None = None
+) -> Definitions:
+    """One code location serving every pipeline in ``configs``.
+
+    ``block_executor`` defaults to :meth:`BlockExecutor.from_env`.
+    """
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"pipeline names must be unique, got {names}")
     built: list[PipelineAssets] = [build_pipeline_assets(c) for c in configs]
-    resources: dict = {"block_executor": BlockExecutor.from_env()}
+    resources: dict = {"block_executor": block_executor or BlockExecutor.from_env()}
     for b in built:
         resources.update(b.resources)
     return Definitions(

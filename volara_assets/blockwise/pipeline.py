@@ -27,7 +27,6 @@ from dagster import (
     DagsterInstance,
     Definitions,
     ExecuteInProcessResult,
-    in_process_executor,
     materialize,
 )
 from dagster._core.storage.tags import (
@@ -37,6 +36,7 @@ from dagster._core.storage.tags import (
 
 from volara_assets.assets import PipelineAssets, build_pipeline_assets
 from volara_assets.config import PipelineConfig
+from volara_assets.definitions import build_definitions
 from volara_assets.resources import BlockExecutor
 
 from .record import read_db_record, write_array_record, write_db_record
@@ -121,23 +121,9 @@ class Pipeline:
     def to_definitions(self, block_executor: BlockExecutor | None = None) -> Definitions:
         """Dagster ``Definitions`` serving this pipeline's assets (e.g. for ``dagster dev``).
 
-        What :func:`volara_assets.definitions.build_definitions` serves for a YAML
-        pipeline; that module is not imported because importing it builds its
-        ``defs`` from ``VOLARA_PIPELINES`` (or the demo data).
+        The same code location :mod:`volara_assets.definitions` serves for YAML files.
         """
-        built = self.build()
-        return Definitions(
-            assets=built.assets,
-            asset_checks=built.asset_checks,
-            sensors=getattr(built, "sensors", None),
-            schedules=getattr(built, "schedules", None),
-            jobs=getattr(built, "jobs", None),
-            resources={
-                "block_executor": block_executor or BlockExecutor.from_env(),
-                **built.resources,
-            },
-            executor=in_process_executor,
-        )
+        return build_definitions([self.config()], block_executor)
 
     # -- running ----------------------------------------------------------------
     def _num_workers(self) -> int:
