@@ -29,11 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     from volara.blockwise import AffAgglom, ExtractFrags, GraphMWS, Relabel
     from volara.datasets import Affs, Labels
     from volara.dbs import SQLite
+    from volara.logging import set_log_basedir
     from volara.lut import LUT
 
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    # volara keeps worker logs and its blocks-done cache under ./volara_logs; a
+    # stale cache would skip every block, so each run gets its own, wiped above.
+    set_log_basedir(out / "volara_logs")
     container = Path(args.container).resolve()
     neighborhood = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
     affs = Affs(store=container / args.affs, neighborhood=neighborhood)
