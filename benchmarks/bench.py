@@ -31,7 +31,7 @@ import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINE = ROOT / "benchmarks" / "bench.yaml"
+PIPELINE = Path(os.environ.get("BENCH_PIPELINE", ROOT / "benchmarks" / "bench.yaml")).resolve()
 CONTAINER = ROOT / "data" / "bench.zarr"
 OUTPUT = ROOT / "data" / "bench_out"
 PEER_OUTPUT = ROOT / "data" / "bench_peer_out"
