@@ -241,9 +241,9 @@ def _write_worker(args: tuple[VolumeArray, int]) -> None:
 
 def test_concurrent_create_and_block_writes(tmp_path):
     path = str(tmp_path / "c.zarr" / "fragments")
-    # fork: real processes without re-importing the test module; zarr resets its
-    # event loop in forked children.
-    ctx = mp.get_context("fork")
+    # forkserver, not fork: earlier tests leave threads (zarr's event loop, Dask)
+    # in this process, and forking a threaded process can deadlock the children.
+    ctx = mp.get_context("forkserver")
     with ctx.Pool(4) as pool:
         assert pool.map(_create_worker, [path] * 4) == [(8, 8, 8)] * 4
         array = open_array(path, "r+")

@@ -218,7 +218,7 @@ def _write_blocks(args: tuple[GraphStore, list[int]]) -> None:
 def test_two_processes_write_concurrently(url):
     store = GraphStore(url, node_attrs={"label": "int"}, edge_attrs=EDGE_ATTRS)
     # Tables are created by the workers themselves, racing on create().
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
     procs = [
         ctx.Process(target=_write_blocks, args=((store, list(range(k, 40, 2))),)) for k in (0, 1)
     ]
