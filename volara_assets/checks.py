@@ -37,6 +37,7 @@ from dagster import (
 )
 
 from .geometry import Block, BlockGrid
+from .ops.fragments import label_counts
 from .ops.metrics import evaluate
 from .ops.relabel import relabel
 from .pipeline import Pipeline
@@ -102,12 +103,6 @@ def _result(passed: bool, metadata: dict[str, Any], problems: list[str]) -> Asse
     return AssetCheckResult(passed=passed, metadata=metadata)
 
 
-def _nonzero_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids, counts = np.unique(labels, return_counts=True)
-    keep = ids != 0
-    return ids[keep].astype(np.uint64), counts[keep].astype(np.int64)
-
-
 def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> AssetCheckResult:
     """Fragment ids are unique across blocks.
 
@@ -124,7 +119,7 @@ def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> Ass
     for block in blocks:
         lo = grid.fragment_id_base(block.index) + 1
         hi = lo + grid.voxels_per_block - 1
-        ids, _ = _nonzero_ids(pipeline.fragments.read(block.write_roi))
+        ids, _ = label_counts(pipeline.fragments.read(block.write_roi))
         nodes = store.block_nodes(block.index).ids
         for where, found in (("array", ids), ("SQL", nodes)):
             bad = found[(found < lo) | (found > hi)]
@@ -154,7 +149,7 @@ def check_nodes_match_fragments(
     blocks = _blocks(grid, partition_keys)
     problems: list[str] = []
     for block in blocks:
-        ids, counts = _nonzero_ids(pipeline.fragments.read(block.write_roi))
+        ids, counts = label_counts(pipeline.fragments.read(block.write_roi))
         nodes = store.block_nodes(block.index)
         in_array = dict(zip(ids.tolist(), counts.tolist(), strict=True))
         in_sql = dict(zip(nodes.ids.tolist(), nodes.sizes.tolist(), strict=True))

@@ -346,21 +346,7 @@ def fragment_nodes(
     where = np.flatnonzero(flat)
     if where.size == 0:
         return NodeTable.empty()
-    values = flat[where]
-    low, high = int(values.min()), int(values.max())
-    if high - low < 4 * where.size:
-        # Ids of a finished block are consecutive: index a dense count table by
-        # ``id - low`` instead of sorting (np.unique), O(n) instead of O(n log n).
-        dense = (values - np.uint64(low)).astype(np.intp)
-        counts = np.bincount(dense, minlength=high - low + 1)
-        present = np.flatnonzero(counts)
-        ids = present.astype(np.uint64) + np.uint64(low)
-        sizes = counts[present]
-        inverse = np.empty(high - low + 1, dtype=np.intp)
-        inverse[present] = np.arange(len(present))
-        inverse = inverse[dense]
-    else:
-        ids, inverse, sizes = np.unique(values, return_inverse=True, return_counts=True)
+    ids, inverse, sizes = _count_ids(flat[where])
     coords = np.unravel_index(where, fragments.shape)
     centroid = np.empty((len(ids), 3), dtype=np.float64)
     for axis in range(3):
@@ -369,3 +355,30 @@ def fragment_nodes(
     centroid /= sizes[:, np.newaxis]
     positions = origin_arr + voxel_arr * centroid
     return NodeTable(ids.astype(np.uint64), positions, sizes.astype(np.int64))
+
+
+def _count_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True, return_counts=True)``, O(n) for dense ids."""
+    low, high = int(values.min()), int(values.max())
+    if high - low < 4 * values.size:
+        # Ids of a finished block are consecutive: index a dense count table by
+        # ``id - low`` instead of sorting (np.unique), O(n) instead of O(n log n).
+        dense = (values - values.dtype.type(low)).astype(np.intp)
+        counts = np.bincount(dense, minlength=high - low + 1)
+        present = np.flatnonzero(counts)
+        ids = present.astype(np.uint64) + np.uint64(low)
+        inverse = np.empty(high - low + 1, dtype=np.intp)
+        inverse[present] = np.arange(len(present))
+        return ids, inverse[dense], counts[present]
+    ids, inverse, sizes = np.unique(values, return_inverse=True, return_counts=True)
+    return ids.astype(np.uint64), inverse.reshape(-1), sizes
+
+
+def label_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted non-zero ids of ``labels`` (uint64) and their voxel counts (int64)."""
+    flat = np.asarray(labels).reshape(-1)
+    values = flat[flat != 0]
+    if values.size == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    ids, _, counts = _count_ids(values)
+    return ids, counts.astype(np.int64)
