@@ -138,7 +138,8 @@ def _run_step(
             else:
                 s = stats[key_of[outcome.item]]
                 s["blocks"] += 1
-                for name, value in outcome.result.items():
+                # Seconds come from the executor, which times every block the same way.
+                for name, value in {**outcome.result, "seconds": outcome.seconds}.items():
                     s[name] = s.get(name, 0) + value
             now = time.perf_counter()
             if now - last_log > PROGRESS_EVERY_SECONDS or done == total:

@@ -7,7 +7,6 @@ Nothing here knows Dagster.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +54,6 @@ class FragmentsJob:
     mask: ArrayHandle | None = None
 
     def __call__(self, index: int) -> dict[str, float]:
-        start = time.perf_counter()
         block = self.grid.block(index)
         params = self.config.require("fragments")
         affs = self.affinities.read(block.read_roi)
@@ -84,7 +82,6 @@ class FragmentsJob:
         return {
             "fragments": len(nodes),
             "voxels": block.write_roi.size,
-            "seconds": time.perf_counter() - start,
         }
 
 
@@ -97,7 +94,6 @@ class EdgesJob:
     edges: GraphHandle
 
     def __call__(self, index: int) -> dict[str, float]:
-        start = time.perf_counter()
         block = self.grid.block(index)
         labels = self.fragments.read(block.read_roi)
         affs = self.affinities.read(block.read_roi)
@@ -113,7 +109,6 @@ class EdgesJob:
         return {
             "edges": len(table),
             "voxels": block.write_roi.size,
-            "seconds": time.perf_counter() - start,
         }
 
 
@@ -125,7 +120,6 @@ class SegmentsJob:
     lut: LutHandle
 
     def __call__(self, index: int) -> dict[str, float]:
-        start = time.perf_counter()
         block = self.grid.block(index)
         fragments = self.fragments.read(block.write_roi)
         lut = self.lut.load()
@@ -134,5 +128,4 @@ class SegmentsJob:
         return {
             "segments": _count_segments(fragments, lut),
             "voxels": block.write_roi.size,
-            "seconds": time.perf_counter() - start,
         }
