@@ -192,6 +192,38 @@ class BlockGrid:
         """Indices of the up to 26 blocks that touch ``index`` (face, edge or corner)."""
         return self._neighbours(self.block(index).coords, self.grid_shape, self.block_index)
 
+    def forward_reach(
+        self, index: int, reach: Sequence[int], *, axis_aligned: bool
+    ) -> tuple[Roi, list[Roi]]:
+        """What a block must read to see every voxel pair it starts, for forward offsets.
+
+        With offsets whose components are all >= 0 and at most ``reach`` per
+        axis, a pair ``(i, i + offset)`` starting in the write ROI ends in the
+        box ``[write.begin, write.end + reach)`` (clipped to the volume).
+        Returns that box and the pieces to read inside it: for ``axis_aligned``
+        offsets (one non-zero component each) the write ROI plus one slab of
+        ``reach[axis]`` voxels past each upper face, so a block-aligned chunk
+        store decodes 4 chunks instead of 8 (or 27 for a symmetric context);
+        otherwise the whole box. Voxels of the box outside the pieces are never
+        the end of such a pair.
+        """
+        reach = as_coord(reach, "reach", minimum=0)
+        write = self.block(index).write_roi
+        box = Roi(write.begin, tuple(s + r for s, r in zip(write.shape, reach, strict=True)))  # type: ignore[arg-type]
+        box = box.intersect(self.volume_roi)
+        if not axis_aligned:
+            return box, [box]
+        pieces = [write]
+        for axis in range(3):
+            begin = list(write.begin)
+            shape = list(write.shape)
+            begin[axis] = write.end[axis]
+            shape[axis] = box.end[axis] - write.end[axis]
+            slab = Roi(tuple(begin), tuple(shape))  # type: ignore[arg-type]
+            if not slab.empty:
+                pieces.append(slab)
+        return box, pieces
+
     # -- fragment ids ----------------------------------------------------------
     def fragment_id_base(self, index: int) -> int:
         """Ids of block ``index`` are ``base + 1 .. base + voxels_per_block``."""
