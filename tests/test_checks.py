@@ -237,6 +237,33 @@ def test_a_wrong_segment_id_fails_segments_match_lut(
     assert pipeline.grid.block(7).key in result.metadata["problems"].value
 
 
+def test_block_checks_sample_at_most_check_sample_blocks_evenly(
+    reference: Reference, demo_volume: Path, tmp_path: Path
+) -> None:
+    from volara_assets.pipeline import Pipeline
+
+    bp = broken_copy(reference, demo_volume, tmp_path / "sampled")
+    full = bp.built.pipeline
+    pipeline = Pipeline(full.config.model_copy(update={"check_sample_blocks": 3}))
+    grid = pipeline.grid
+    assert grid.num_blocks == 12
+    # Evenly spaced over the run's 12 blocks: 0, 6 (5.5 rounded to even) and 11.
+    for index, caught in ((1, False), (11, True)):
+        roi = grid.block(index).write_roi
+        seg = pipeline.segments.read(roi)
+        seg[0, 0, 0] += 1
+        pipeline.segments.write(roi, seg)
+        result = check_segments_match_lut(pipeline, grid.partition_keys)
+        assert result.passed is not caught, index
+        assert result.metadata["blocks_checked"].value == 3
+        assert result.metadata["blocks_in_run"].value == 12
+        assert result.metadata["scope"].value == "sampled blocks of the volume"
+    # The default (16, more than the 12 blocks) checks every block: block 1 is caught too.
+    every = check_segments_match_lut(full, grid.partition_keys)
+    assert not every.passed and every.metadata["wrong_voxels"].value == 2
+    assert full.config.check_sample_blocks == 16
+
+
 def test_evaluation_warns_above_its_thresholds_and_samples_large_volumes(
     reference: Reference,
 ) -> None:

@@ -9,10 +9,11 @@ check spec of the ``segments`` step, computed at its end by
 Cost and scope
 --------------
 * ``fragment_ids_unique``, ``nodes_match_fragments`` and ``segments_match_lut``
-  check **every block of the run's partitions** (the partitions just written):
-  one more read of what the step wrote, so they are cheap enough for every
-  materialization and, run after run, cover the whole volume. Run on their own
-  (no partition in the run), they check every block.
+  check **the blocks of the run's partitions** (the partitions just written),
+  at most ``check_sample_blocks`` of them, evenly spaced (0 = all): one more
+  read of what the step wrote, in the Dagster process, so it must stay small
+  next to the step on a large run. Run on their own (no partition in the run),
+  they check the whole volume the same way.
 * ``lut_covers_fragments`` is **full**: every node id against the LUT, a sort of
   the id lists (no voxel is read).
 * ``evaluation`` (only with ``ground_truth``) is **sampled** on large volumes:
@@ -82,15 +83,31 @@ def run_partition_keys(tags: dict[str, str], grid: BlockGrid) -> list[str]:
     return list(keys)
 
 
-def _blocks(grid: BlockGrid, partition_keys: Sequence[str]) -> list[Block]:
-    return [b for k in partition_keys for b in grid.partition_blocks(k)]
+def _blocks(pipeline: Pipeline, partition_keys: Sequence[str]) -> tuple[list[Block], int]:
+    """The blocks to check (sampled) and how many blocks the partitions hold."""
+    grid = pipeline.grid
+    blocks = [b for k in partition_keys for b in grid.partition_blocks(k)]
+    return _evenly(blocks, pipeline.config.check_sample_blocks), len(blocks)
 
 
-def _scope(grid: BlockGrid, blocks: Sequence[Block]) -> dict[str, Any]:
+def _evenly(blocks: Sequence[Block], limit: int) -> list[Block]:
+    """At most ``limit`` evenly spaced blocks, first and last included (all if limit is 0)."""
+    if limit <= 0 or len(blocks) <= limit:
+        return list(blocks)
+    picks = np.unique(np.linspace(0, len(blocks) - 1, limit).round().astype(int))
+    return [blocks[int(i)] for i in picks]
+
+
+def _scope(grid: BlockGrid, blocks: Sequence[Block], in_run: int) -> dict[str, Any]:
+    if in_run == grid.num_blocks:
+        scope = "every block" if len(blocks) == in_run else "sampled blocks of the volume"
+    else:
+        scope = "the run's partitions" if len(blocks) == in_run else "sampled blocks of the run"
     return {
         "blocks_checked": len(blocks),
+        "blocks_in_run": in_run,
         "blocks_total": grid.num_blocks,
-        "scope": "every block" if len(blocks) == grid.num_blocks else "the run's partitions",
+        "scope": scope,
     }
 
 
@@ -114,7 +131,7 @@ def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> Ass
     """
     grid = pipeline.grid
     store = pipeline.graph.store()
-    blocks = _blocks(grid, partition_keys)
+    blocks, in_run = _blocks(pipeline, partition_keys)
     problems: list[str] = []
     for block in blocks:
         lo = grid.fragment_id_base(block.index) + 1
@@ -135,7 +152,7 @@ def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> Ass
                     f"block {block.key}: {bad.size} ids in the {where} outside its range "
                     f"[{lo}, {hi}] (e.g. {int(bad[0])}; owned by {', '.join(owners) or 'no block'})"
                 )
-    metadata = _scope(grid, blocks)
+    metadata = _scope(grid, blocks, in_run)
     metadata["bad_blocks"] = len(problems)
     return _result(not problems, metadata, problems)
 
@@ -146,7 +163,7 @@ def check_nodes_match_fragments(
     """Per block, the SQL nodes and the array's fragments have the same ids and voxel counts."""
     grid = pipeline.grid
     store = pipeline.graph.store()
-    blocks = _blocks(grid, partition_keys)
+    blocks, in_run = _blocks(pipeline, partition_keys)
     problems: list[str] = []
     for block in blocks:
         ids, counts = label_counts(pipeline.fragments.read(block.write_roi))
@@ -163,7 +180,7 @@ def check_nodes_match_fragments(
         ):
             if found:
                 problems.append(f"block {block.key}: {len(found)} {what} (e.g. {found[0]})")
-    metadata = _scope(grid, blocks)
+    metadata = _scope(grid, blocks, in_run)
     metadata["bad_blocks"] = len({p.split(":")[0] for p in problems})
     return _result(not problems, metadata, problems)
 
@@ -201,7 +218,7 @@ def check_segments_match_lut(pipeline: Pipeline, partition_keys: Sequence[str]) 
     pipeline.config.require("segments_array")
     segments = pipeline.segments
     lut = pipeline.lut.load()
-    blocks = _blocks(grid, partition_keys)
+    blocks, in_run = _blocks(pipeline, partition_keys)
     problems: list[str] = []
     wrong_voxels = 0
     for block in blocks:
@@ -211,16 +228,13 @@ def check_segments_match_lut(pipeline: Pipeline, partition_keys: Sequence[str]) 
         if wrong:
             wrong_voxels += wrong
             problems.append(f"block {block.key}: {wrong} voxels differ from LUT(fragments)")
-    metadata = _scope(grid, blocks)
+    metadata = _scope(grid, blocks, in_run)
     metadata["wrong_voxels"] = wrong_voxels
     return _result(not problems, metadata, problems)
 
 
 def _sample(grid: BlockGrid, limit: int) -> list[Block]:
-    if limit <= 0 or grid.num_blocks <= limit:
-        return list(grid.blocks())
-    picks = np.linspace(0, grid.num_blocks - 1, limit).round().astype(int)
-    return [grid.block(int(i)) for i in np.unique(picks)]
+    return _evenly(list(grid.blocks()), limit)
 
 
 def check_evaluation(
@@ -283,7 +297,8 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         name="fragment_ids_unique",
         blocking=True,
         description="Fragment ids are unique across blocks: each block uses only its own id "
-        "range, in the array and in SQL. Every block of the run's partitions.",
+        "range, in the array and in SQL. Blocks of the run's partitions (at most "
+        "check_sample_blocks, evenly spaced).",
     )
     def fragment_ids_unique(context: AssetCheckExecutionContext) -> AssetCheckResult:
         return check_fragment_ids(pipeline, keys_of(context))
@@ -293,7 +308,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         name="nodes_match_fragments",
         blocking=True,
         description="Per block, SQL nodes and array fragments have the same ids and sizes. "
-        "Every block of the run's partitions.",
+        "Blocks of the run's partitions (at most check_sample_blocks, evenly spaced).",
     )
     def nodes_match_fragments(context: AssetCheckExecutionContext) -> AssetCheckResult:
         return check_nodes_match_fragments(pipeline, keys_of(context))
@@ -318,7 +333,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
             name="segments_match_lut",
             blocking=True,
             description="Every segment id is the LUT's segment of the voxel's fragment. "
-            "Every block of the run's partitions.",
+            "Blocks of the run's partitions (at most check_sample_blocks, evenly spaced).",
         )
         def segments_match_lut(context: AssetCheckExecutionContext) -> AssetCheckResult:
             return check_segments_match_lut(pipeline, keys_of(context))
