@@ -368,3 +368,33 @@ def test_our_array_opens_in_funlib(tmp_path):
         dtype=np.float32,
     )
     np.testing.assert_array_equal(again.to_ndarray(again.roi), data)
+
+
+def test_chunk_cache_reads_like_read_and_decodes_shared_chunks_once(tmp_path):
+    from volara_assets.storage import ChunkCache
+
+    rng = np.random.default_rng(0)
+    affs = create_array(
+        tmp_path / "c.zarr" / "affs", (12, 30, 40), np.uint8, offset=(0, 0, 0),
+        voxel_size=(1, 1, 1), chunks=(4, 10, 10), num_channels=3,
+    )
+    data = rng.integers(0, 256, (3, 12, 30, 40), dtype=np.uint8)
+    affs.write(affs.volume_roi, data)
+    grid = affs.grid((4, 10, 10), context=(1, 2, 2))
+    cache = ChunkCache(affs)
+    touched = 0
+    for block in grid.blocks():  # read ROIs reach outside the volume at the borders
+        got = cache.read(block.read_roi)
+        assert np.array_equal(got, affs.read(block.read_roi))
+        touched += sum(
+            1 for b in grid.blocks() if not b.write_roi.intersect(block.read_roi).empty
+        )
+    # 36 chunks, each decoded about once per row of blocks, not once per read.
+    assert cache.decoded < touched / 2
+    # It holds at most what one read touches (3 x 3 x 3 chunks), not the volume.
+    assert cache.capacity == 27 and len(cache._chunks) == 27
+    # A chunk rewritten since it was cached is decoded again: never stale.
+    roi = grid.block(0).write_roi
+    affs.write(roi, np.full((3, *roi.shape), 7, np.uint8))
+    assert np.all(cache.read(grid.block(0).read_roi)[:, 1:5, 2:12, 2:12] == 7)
+    assert np.array_equal(cache.read(Roi((-3, -3, -3), (2, 2, 2))), np.zeros((3, 2, 2, 2)))

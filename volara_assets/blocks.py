@@ -56,8 +56,9 @@ class FragmentsJob:
     def __call__(self, index: int) -> dict[str, float]:
         block = self.grid.block(index)
         params = self.config.require("fragments")
-        affs = self.affinities.read(block.read_roi)
-        mask = self.mask.read(block.read_roi) if self.mask is not None else None
+        # Read ROIs of neighbouring blocks overlap: reuse the chunks decoded for the last one.
+        affs = self.affinities.read_reusing_chunks(block.read_roi)
+        mask = self.mask.read_reusing_chunks(block.read_roi) if self.mask is not None else None
         labels = extract_fragments(
             affs,
             self.config.neighborhood,
@@ -131,7 +132,8 @@ class EdgesJob:
         box, pieces = self.grid.forward_reach(block.index, reach, axis_aligned=axis_aligned)
         labels = np.zeros(box.shape, dtype=np.uint64)
         for piece in pieces:
-            labels[piece.relative_to(box.begin).slices] = self.fragments.read(piece)
+            # The slabs are the next blocks' own chunks: kept for their turn.
+            labels[piece.relative_to(box.begin).slices] = self.fragments.read_reusing_chunks(piece)
         inner = self.affinities.read(block.write_roi)
         affs = np.zeros((inner.shape[0], *box.shape), dtype=inner.dtype)
         affs[(slice(None), *block.write_roi.relative_to(box.begin).slices)] = inner

@@ -1,6 +1,7 @@
 """Storage formats: zarr volumes with funlib metadata, the SQL fragment graph, LUT files."""
 
 from volara_assets.storage.arrays import (
+    ChunkCache,
     VolumeArray,
     check_block_alignment,
     create_array,
@@ -11,6 +12,7 @@ from volara_assets.storage.lut import LUT_KEY, load_lut, lut_path, save_lut
 
 __all__ = [
     "ATTR_TYPES",
+    "ChunkCache",
     "LUT_KEY",
     "GraphStore",
     "VolumeArray",

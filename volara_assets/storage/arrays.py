@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import uuid
@@ -18,6 +19,7 @@ from zarr.core.buffer import default_buffer_prototype
 from volara_assets.geometry import BlockGrid, Coord, Roi, as_coord
 
 __all__ = [
+    "ChunkCache",
     "VolumeArray",
     "check_block_alignment",
     "create_array",
@@ -376,6 +378,96 @@ def _open_zarr(path: str, mode: str) -> zarr.Array:
     except zarr.errors.NodeTypeValidationError as exc:
         raise FileNotFoundError(f"no zarr array at {path} (found a zarr group)") from exc
     return array
+
+
+class ChunkCache:
+    """Decoded chunks of one array, reused by the overlapping reads of neighbouring blocks.
+
+    With a context, a block's read ROI touches up to 27 chunks of a
+    block-aligned array, 18 of them shared with the next block along x; zarr
+    decodes every touched chunk in full on every read. This cache keeps the
+    chunks of the last read (least recently used leave first, so it never holds
+    more than the chunks one read touches: memory is bounded by the block
+    size), so in grid order each chunk is decoded about once per row of blocks.
+
+    Entries are keyed by the chunk file's ``(mtime, size)``: a chunk rewritten
+    since it was cached is decoded again, so a long-lived worker never serves a
+    stale input. Arrays outside a local directory store, or sharded, are read
+    directly (no file to check).
+    """
+
+    def __init__(self, array: VolumeArray) -> None:
+        self.array = array
+        z = array.zarr_array
+        root = getattr(z.store, "root", None)
+        self._dir = None if root is None or z.shards is not None else Path(root) / z.path
+        self._chunks: dict[tuple[int, ...], tuple[tuple[Any, ...], np.ndarray]] = {}
+        # Every chunk along the channel axis (usually one) backs a spatial chunk.
+        n = -(-array.shape[0] // array.chunks[0]) if array.channel_dims else 1
+        self._channel_chunks = [(c,) for c in range(n)] if array.channel_dims else [()]
+        self.capacity = 0
+        self.decoded = 0
+
+    def read(self, roi: Roi) -> np.ndarray:
+        """Same result as ``array.read(roi)``."""
+        array = self.array
+        if self._dir is None:
+            return array.read(roi)
+        inside = roi.intersect(array.volume_roi)
+        channels = tuple(array.shape[: array.channel_dims])
+        out = np.zeros(channels + tuple(roi.shape), dtype=array.dtype)
+        if inside.empty:
+            return out
+        chunk = array.spatial_chunks
+        ranges = [
+            range(b // c, (e - 1) // c + 1)
+            for b, e, c in zip(inside.begin, inside.end, chunk, strict=True)
+        ]
+        touched = int(np.prod([len(r) for r in ranges]))
+        self.capacity = max(self.capacity, touched)
+        wanted = list(itertools.product(*ranges))
+        versions = {c: tuple(self._stat(k + c) for k in self._channel_chunks) for c in wanted}
+        stale = [c for c in wanted if c not in self._chunks or self._chunks[c][0] != versions[c]]
+        if stale:
+            # One zarr call for the box around every chunk to decode: zarr decodes
+            # the chunks of one call concurrently, and each call has a fixed cost.
+            lo = [min(c[a] for c in stale) for a in range(3)]
+            hi = [max(c[a] for c in stale) + 1 for a in range(3)]
+            box = Roi(
+                tuple(i * c for i, c in zip(lo, chunk, strict=True)),  # type: ignore[arg-type]
+                tuple((h - i) * c for i, h, c in zip(lo, hi, chunk, strict=True)),  # type: ignore[arg-type]
+            ).intersect(array.volume_roi)
+            data = np.asarray(array.zarr_array[(Ellipsis, *box.slices)])
+            for coords in itertools.product(*(range(i, h) for i, h in zip(lo, hi, strict=True))):
+                if coords in versions:
+                    piece = self._chunk_roi(coords).relative_to(box.begin).slices
+                    # A copy, so that evicting a chunk frees it (a view would keep the box).
+                    self._chunks[coords] = (versions[coords], data[(Ellipsis, *piece)].copy())
+                    self.decoded += 1
+        for coords in wanted:
+            entry = self._chunks.pop(coords)
+            self._chunks[coords] = entry  # most recently used last
+            chunk_roi = self._chunk_roi(coords)
+            part = chunk_roi.intersect(inside)
+            out[(Ellipsis, *part.relative_to(roi.begin).slices)] = entry[1][
+                (Ellipsis, *part.relative_to(chunk_roi.begin).slices)
+            ]
+        while len(self._chunks) > self.capacity:
+            self._chunks.pop(next(iter(self._chunks)))
+        return out
+
+    def _chunk_roi(self, coords: tuple[int, ...]) -> Roi:
+        chunk = self.array.spatial_chunks
+        begin = tuple(i * c for i, c in zip(coords, chunk, strict=True))
+        return Roi(begin, chunk).intersect(self.array.volume_roi)  # type: ignore[arg-type]
+
+    def _stat(self, coords: tuple[int, ...]) -> tuple[int, int] | None:
+        key = self.array.zarr_array.metadata.encode_chunk_key(coords)
+        try:
+            st = os.stat(self._dir / key)  # type: ignore[operator]
+        except FileNotFoundError:
+            return None  # never written: the fill value
+        return st.st_mtime_ns, st.st_size
 
 
 def open_array(path: str | Path, mode: str = "r") -> VolumeArray:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..geometry import Roi
 from ..tables import EdgeTable, NodeTable
-from .arrays import VolumeArray, open_array
+from .arrays import ChunkCache, VolumeArray, open_array
 from .graph import GraphStore
 from .lut import load_lut
 
@@ -18,6 +18,7 @@ from .lut import load_lut
 _ARRAYS: dict[tuple[str, str], VolumeArray] = {}
 _STORES: dict[tuple[Any, ...], GraphStore] = {}
 _LUTS: dict[tuple[str, int, int], np.ndarray] = {}
+_CHUNK_CACHES: dict[str, ChunkCache] = {}
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class ArrayHandle:
 
     def read(self, roi: Roi) -> np.ndarray:
         return self.open("r").read(roi)
+
+    def read_reusing_chunks(self, roi: Roi) -> np.ndarray:
+        """``read``, keeping the decoded chunks of the last read for the next block's."""
+        cache = _CHUNK_CACHES.get(self.path)
+        if cache is None:
+            cache = _CHUNK_CACHES[self.path] = ChunkCache(self.open("r"))
+        return cache.read(roi)
 
     def write(self, roi: Roi, data: np.ndarray) -> None:
         self.open("r+").write(roi, data)
