@@ -9,13 +9,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 import sqlalchemy as sa
 
 from volara_assets.tables import EdgeTable, NodeTable
+
+if TYPE_CHECKING:  # imported where used: the pipeline's code location never needs it
+    import networkx as nx
 
 __all__ = ["ATTR_TYPES", "GraphStore", "WorldRoi"]
 
@@ -544,6 +546,8 @@ class GraphStore:
         where = self._roi_filter(roi)
         nodes = self._select_nodes(where, node_names)
         edges = self._select_edges(where, edge_names, roi is not None)
+        import networkx as nx
+
         graph = nx.Graph()
         attr_lists = {a: nodes.attrs[a].tolist() for a in node_names}
         positions = [tuple(p) for p in nodes.positions.tolist()]
