@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import mwatershed as mws
 import numpy as np
 from numba import njit
-from scipy.ndimage import gaussian_filter
 
 from ..tables import NodeTable
 from ._common import affinity_scale, as_offsets
@@ -142,6 +141,8 @@ def extract_fragments(
         else:
             weights = np.zeros_like(work)
         if sigma is not None:
+            from scipy.ndimage import gaussian_filter  # only here: a slow import otherwise
+
             smoothed = gaussian_filter(work, sigma=(0, *(float(s) for s in sigma)))
             smoothed -= work
             weights += smoothed
@@ -341,6 +342,21 @@ def fragment_nodes(
         raise ValueError(f"origin: expected 3 values (z, y, x), got {origin!r}")
     if voxel_arr.shape != (3,):
         raise ValueError(f"voxel_size: expected 3 values (z, y, x), got {voxel_size!r}")
+    if np.issubdtype(fragments.dtype, np.integer) and fragments.size:
+        labels = np.ascontiguousarray(fragments, dtype=np.uint64)
+        low, high, count = _foreground_range(labels)
+        if count == 0:
+            return NodeTable.empty()
+        if high - low < 4 * count:
+            # Ids of a finished block are consecutive: one pass over the voxels
+            # fills dense per-id tables (no sort, no index arrays).
+            sizes, sums = _dense_node_sums(labels, np.uint64(low), high - low + 1)
+            present = np.flatnonzero(sizes)
+            ids = present.astype(np.uint64) + np.uint64(low)
+            sizes = sizes[present]
+            centroid = sums[present] / sizes[:, np.newaxis]
+            positions = origin_arr + voxel_arr * centroid
+            return NodeTable(ids, positions, sizes)
     flat = fragments.reshape(-1)
     # Work on foreground voxels only: background is usually most of a block.
     where = np.flatnonzero(flat)
@@ -355,6 +371,46 @@ def fragment_nodes(
     centroid /= sizes[:, np.newaxis]
     positions = origin_arr + voxel_arr * centroid
     return NodeTable(ids.astype(np.uint64), positions, sizes.astype(np.int64))
+
+
+@njit(cache=True)
+def _foreground_range(labels: np.ndarray) -> tuple[int, int, int]:
+    """Smallest and largest non-zero id and the number of non-zero voxels."""
+    low = np.uint64(0)
+    high = np.uint64(0)
+    count = 0
+    for v in labels.reshape(-1):
+        if v == 0:
+            continue
+        if count == 0 or v < low:
+            low = v
+        if v > high:
+            high = v
+        count += 1
+    return int(low), int(high), count
+
+
+@njit(cache=True)
+def _dense_node_sums(
+    labels: np.ndarray, low: np.uint64, span: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel count and index sums (z, y, x) of every id ``low .. low + span - 1``."""
+    nz, ny, nx = labels.shape
+    sizes = np.zeros(span, dtype=np.int64)
+    # Index sums are integers < 2**53 for any realistic block, so exact.
+    sums = np.zeros((span, 3), dtype=np.float64)
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                v = labels[z, y, x]
+                if v == 0:
+                    continue
+                k = np.int64(v - low)
+                sizes[k] += 1
+                sums[k, 0] += z
+                sums[k, 1] += y
+                sums[k, 2] += x
+    return sizes, sums
 
 
 def _count_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
