@@ -132,8 +132,10 @@ class EdgesJob:
         box, pieces = self.grid.forward_reach(block.index, reach, axis_aligned=axis_aligned)
         labels = np.zeros(box.shape, dtype=np.uint64)
         for piece in pieces:
-            # The slabs are the next blocks' own chunks: kept for their turn.
-            labels[piece.relative_to(box.begin).slices] = self.fragments.read_reusing_chunks(piece)
+            # The +x slab lies in the next block's own chunk: kept for its turn.
+            labels[piece.relative_to(box.begin).slices] = self.fragments.read_reusing_chunks(
+                piece, keep=len(pieces)
+            )
         inner = self.affinities.read(block.write_roi)
         affs = np.zeros((inner.shape[0], *box.shape), dtype=inner.dtype)
         affs[(slice(None), *block.write_roi.relative_to(box.begin).slices)] = inner

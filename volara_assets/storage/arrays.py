@@ -408,8 +408,8 @@ class ChunkCache:
         self.capacity = 0
         self.decoded = 0
 
-    def read(self, roi: Roi) -> np.ndarray:
-        """Same result as ``array.read(roi)``."""
+    def read(self, roi: Roi, keep: int = 0) -> np.ndarray:
+        """Same result as ``array.read(roi)``; hold at least ``keep`` chunks from now on."""
         array = self.array
         if self._dir is None:
             return array.read(roi)
@@ -424,7 +424,7 @@ class ChunkCache:
             for b, e, c in zip(inside.begin, inside.end, chunk, strict=True)
         ]
         touched = int(np.prod([len(r) for r in ranges]))
-        self.capacity = max(self.capacity, touched)
+        self.capacity = max(self.capacity, touched, keep)
         wanted = list(itertools.product(*ranges))
         versions = {c: tuple(self._stat(k + c) for k in self._channel_chunks) for c in wanted}
         stale = [c for c in wanted if c not in self._chunks or self._chunks[c][0] != versions[c]]

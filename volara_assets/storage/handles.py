@@ -37,12 +37,13 @@ class ArrayHandle:
     def read(self, roi: Roi) -> np.ndarray:
         return self.open("r").read(roi)
 
-    def read_reusing_chunks(self, roi: Roi) -> np.ndarray:
-        """``read``, keeping the decoded chunks of the last read for the next block's."""
+    def read_reusing_chunks(self, roi: Roi, keep: int = 0) -> np.ndarray:
+        """``read``, keeping the decoded chunks of the last read (at least ``keep``) for
+        the next block's."""
         cache = _CHUNK_CACHES.get(self.path)
         if cache is None:
             cache = _CHUNK_CACHES[self.path] = ChunkCache(self.open("r"))
-        return cache.read(roi)
+        return cache.read(roi, keep)
 
     def write(self, roi: Roi, data: np.ndarray) -> None:
         self.open("r+").write(roi, data)
