@@ -103,6 +103,9 @@ def test_rewrite_block_replaces_rows_and_leaves_others(store):
     assert block1.scores["zyx_aff"].tolist() == [0.75]
     assert np.isnan(block1.scores["adj_weight"]).all()
     assert (store.count_nodes(), store.count_edges()) == (4, 4)
+    ids = store.read_node_ids()
+    assert ids.dtype == np.uint64
+    np.testing.assert_array_equal(ids, store.read_nodes().ids)
     store.delete_block(0)
     assert (store.count_nodes(), store.count_edges()) == (1, 1)
 

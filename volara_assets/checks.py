@@ -188,7 +188,7 @@ def check_nodes_match_fragments(
 def check_lut_covers_fragments(pipeline: Pipeline) -> AssetCheckResult:
     """Every fragment (SQL node) appears exactly once in the LUT's fragment row."""
     lut = pipeline.lut.load() if pipeline.lut is not None else np.zeros((2, 0), np.uint64)
-    nodes = pipeline.graph.store().read_nodes().ids
+    nodes = pipeline.graph.store().read_node_ids()
     keys = np.sort(lut[0])
     duplicated = np.unique(keys[1:][keys[1:] == keys[:-1]])
     missing = np.setdiff1d(nodes, keys, assume_unique=False)

@@ -577,6 +577,12 @@ class GraphStore:
             )
         return list(names)
 
+    def read_node_ids(self) -> np.ndarray:
+        """Every node id, sorted (uint64): one column, for checks that need no more."""
+        with self._read() as conn:
+            rows = _fetchall(conn, sa.select(self.nodes.c.id).order_by(self.nodes.c.id))
+        return np.array([r[0] for r in rows], dtype=np.int64).view(np.uint64)
+
     def count_nodes(self) -> int:
         """Number of stored nodes."""
         with self._read() as conn:
