@@ -256,58 +256,81 @@ def _find(parent: np.ndarray, i: int) -> int:
 
 @njit(cache=True)
 def _label_components(labels: np.ndarray, id_base: np.uint64) -> tuple[np.ndarray, int]:
-    """Union-find connected components of equal labels, 26-connectivity, raster ids."""
+    """Connected components of equal labels, 26-connectivity, ids in raster order.
+
+    Works on runs (maximal stretches of one non-zero label along x) instead of
+    voxels: a union-find over runs touches a few times fewer elements, and
+    two runs of one label in neighbouring rows are connected exactly when
+    their x ranges overlap once grown by one voxel.
+    """
     nz, ny, nx = labels.shape
+    nrows = nz * ny
     flat = labels.reshape(-1)
-    n = flat.size
+    # 1. The runs, row by row in raster order (at most one per voxel).
+    starts = np.empty(flat.size, dtype=np.int64)
+    ends = np.empty(flat.size, dtype=np.int64)
+    row_ptr = np.zeros(nrows + 1, dtype=np.int64)
+    n = 0
+    for row in range(nrows):
+        base = row * nx
+        x = 0
+        while x < nx:
+            v = flat[base + x]
+            if v == 0:
+                x += 1
+                continue
+            starts[n] = x
+            x += 1
+            while x < nx and flat[base + x] == v:
+                x += 1
+            ends[n] = x
+            n += 1
+        row_ptr[row + 1] = n
+    # 2. Join each run with the runs of the same label it touches in the 4
+    #    neighbouring rows that come earlier (y - 1; z - 1 with y - 1, y, y + 1).
+    #    Runs of a row are sorted, so one forward pointer per row pair suffices.
     parent = np.arange(n)
     for z in range(nz):
         for y in range(ny):
-            for x in range(nx):
-                i = (z * ny + y) * nx + x
-                label = flat[i]
-                if label == 0:
+            row = z * ny + y
+            for k in range(4):
+                pz = z if k == 0 else z - 1
+                py = y - 1 if k == 0 else y + k - 2
+                if pz < 0 or py < 0 or py >= ny:
                     continue
-                # The 13 neighbours that come earlier in raster order; the other
-                # 13 are handled when the loop reaches them.
-                for dz in range(-1, 1):
-                    zz = z + dz
-                    if zz < 0:
-                        continue
-                    for dy in range(-1, 2):
-                        yy = y + dy
-                        if yy < 0 or yy >= ny:
-                            continue
-                        if dz == 0 and dy > 0:
-                            continue
-                        for dx in range(-1, 2):
-                            if dz == 0 and dy == 0 and dx >= 0:
-                                continue
-                            xx = x + dx
-                            if xx < 0 or xx >= nx:
-                                continue
-                            j = (zz * ny + yy) * nx + xx
-                            if flat[j] != label:
-                                continue
-                            ri = _find(parent, i)
-                            rj = _find(parent, j)
-                            # The smaller index wins, so a root is always its
-                            # component's first voxel in raster order.
-                            if ri < rj:
-                                parent[rj] = ri
-                            elif rj < ri:
-                                parent[ri] = rj
-    out = np.zeros(n, dtype=np.uint64)
+                prow = pz * ny + py
+                p = row_ptr[prow]
+                pend = row_ptr[prow + 1]
+                for r in range(row_ptr[row], row_ptr[row + 1]):
+                    s = starts[r]
+                    e = ends[r]
+                    v = flat[row * nx + s]
+                    while p < pend and ends[p] < s:
+                        p += 1
+                    q = p
+                    while q < pend and starts[q] <= e:
+                        if flat[prow * nx + starts[q]] == v:
+                            ra = _find(parent, r)
+                            rb = _find(parent, q)
+                            # The smaller index wins: a root is its component's
+                            # first run in raster order.
+                            if ra < rb:
+                                parent[rb] = ra
+                            elif rb < ra:
+                                parent[ra] = rb
+                        q += 1
+    # 3. Number components by their first run (= first voxel) in raster order.
     new_id = np.zeros(n, dtype=np.uint64)
+    out = np.zeros(flat.size, dtype=np.uint64)
     count = 0
-    for i in range(n):
-        if flat[i] == 0:
-            continue
-        r = _find(parent, i)
-        if new_id[r] == 0:
-            count += 1
-            new_id[r] = count
-        out[i] = new_id[r] + id_base
+    for row in range(nrows):
+        base = row * nx
+        for r in range(row_ptr[row], row_ptr[row + 1]):
+            root = _find(parent, r)
+            if new_id[root] == 0:
+                count += 1
+                new_id[root] = count
+            out[base + starts[r] : base + ends[r]] = new_id[root] + id_base
     return out.reshape(labels.shape), count
 
 
