@@ -237,9 +237,10 @@ def test_a_wrong_segment_id_fails_segments_match_lut(
     assert pipeline.grid.block(7).key in result.metadata["problems"].value
 
 
-def test_block_checks_sample_at_most_check_sample_blocks_evenly(
+def test_block_checks_sample_at_most_check_sample_blocks_and_rotate_by_run(
     reference: Reference, demo_volume: Path, tmp_path: Path
 ) -> None:
+    from volara_assets.checks import run_phase
     from volara_assets.pipeline import Pipeline
 
     bp = broken_copy(reference, demo_volume, tmp_path / "sampled")
@@ -247,20 +248,24 @@ def test_block_checks_sample_at_most_check_sample_blocks_evenly(
     pipeline = Pipeline(full.config.model_copy(update={"check_sample_blocks": 3}))
     grid = pipeline.grid
     assert grid.num_blocks == 12
-    # Evenly spaced over the run's 12 blocks: 0, 6 (5.5 rounded to even) and 11.
-    for index, caught in ((1, False), (11, True)):
-        roi = grid.block(index).write_roi
-        seg = pipeline.segments.read(roi)
-        seg[0, 0, 0] += 1
-        pipeline.segments.write(roi, seg)
-        result = check_segments_match_lut(pipeline, grid.partition_keys)
-        assert result.passed is not caught, index
+    roi = grid.block(5).write_roi
+    seg = pipeline.segments.read(roi)
+    seg[0, 0, 0] += 1
+    pipeline.segments.write(roi, seg)
+    # One pick per stretch of 4 blocks; the phase says where in the stretch:
+    # phase 0 checks blocks 0, 4, 8 and misses block 5, phase 0.25 checks 1, 5, 9.
+    for phase, caught in ((0.0, False), (0.25, True), (0.5, False)):
+        result = check_segments_match_lut(pipeline, grid.partition_keys, phase)
+        assert result.passed is not caught, phase
         assert result.metadata["blocks_checked"].value == 3
         assert result.metadata["blocks_in_run"].value == 12
         assert result.metadata["scope"].value == "sampled blocks of the volume"
-    # The default (16, more than the 12 blocks) checks every block: block 1 is caught too.
+    # Run ids spread the phase over [0, 1): four runs, four different samples.
+    phases = {run_phase(f"{i:08x}-0000") for i in (0, 2**30, 2**31, 3 * 2**30)}
+    assert phases == {0.0, 0.25, 0.5, 0.75}
+    # The default (16, more than the 12 blocks) checks every block.
     every = check_segments_match_lut(full, grid.partition_keys)
-    assert not every.passed and every.metadata["wrong_voxels"].value == 2
+    assert not every.passed and every.metadata["wrong_voxels"].value == 1
     assert full.config.check_sample_blocks == 16
 
 

@@ -10,10 +10,11 @@ Cost and scope
 --------------
 * ``fragment_ids_unique``, ``nodes_match_fragments`` and ``segments_match_lut``
   check **the blocks of the run's partitions** (the partitions just written),
-  at most ``check_sample_blocks`` of them, evenly spaced (0 = all): one more
+  at most ``check_sample_blocks`` of them, evenly spread (0 = all): one more
   read of what the step wrote, in the Dagster process, so it must stay small
-  next to the step on a large run. Run on their own (no partition in the run),
-  they check the whole volume the same way.
+  next to the step on a large run. Where in its stretch each pick falls comes
+  from the run id, so successive runs check different blocks. Run on their own
+  (no partition in the run), they check the whole volume the same way.
 * ``lut_covers_fragments`` is **full**: every node id against the LUT, a sort of
   the id lists (no voxel is read).
 * ``evaluation`` (only with ``ground_truth``) is **sampled** on large volumes:
@@ -51,6 +52,7 @@ __all__ = [
     "check_nodes_match_fragments",
     "check_segments_match_lut",
     "run_partition_keys",
+    "run_phase",
 ]
 
 PARTITION_TAG = "dagster/partition"
@@ -83,19 +85,32 @@ def run_partition_keys(tags: dict[str, str], grid: BlockGrid) -> list[str]:
     return list(keys)
 
 
-def _blocks(pipeline: Pipeline, partition_keys: Sequence[str]) -> tuple[list[Block], int]:
+def _blocks(
+    pipeline: Pipeline, partition_keys: Sequence[str], phase: float
+) -> tuple[list[Block], int]:
     """The blocks to check (sampled) and how many blocks the partitions hold."""
     grid = pipeline.grid
     blocks = [b for k in partition_keys for b in grid.partition_blocks(k)]
-    return _evenly(blocks, pipeline.config.check_sample_blocks), len(blocks)
+    return _evenly(blocks, pipeline.config.check_sample_blocks, phase), len(blocks)
 
 
-def _evenly(blocks: Sequence[Block], limit: int) -> list[Block]:
-    """At most ``limit`` evenly spaced blocks, first and last included (all if limit is 0)."""
+def _evenly(blocks: Sequence[Block], limit: int, phase: float = 0.0) -> list[Block]:
+    """At most ``limit`` blocks, one per stretch of ``len(blocks) / limit`` (all if limit is 0).
+
+    ``phase`` in [0, 1) is where in its stretch each pick falls: a run derives it
+    from its id, so successive runs over the same partitions check different
+    blocks, and a defect in any block is eventually caught.
+    """
     if limit <= 0 or len(blocks) <= limit:
         return list(blocks)
-    picks = np.unique(np.linspace(0, len(blocks) - 1, limit).round().astype(int))
-    return [blocks[int(i)] for i in picks]
+    step = len(blocks) / limit
+    picks = np.floor((np.arange(limit) + phase % 1.0) * step).astype(int)
+    return [blocks[int(i)] for i in np.unique(np.clip(picks, 0, len(blocks) - 1))]
+
+
+def run_phase(run_id: str) -> float:
+    """A number in [0, 1) fixed by the run id: where this run's check samples fall."""
+    return int(run_id.replace("-", "")[:8] or "0", 16) / 2**32
 
 
 def _scope(grid: BlockGrid, blocks: Sequence[Block], in_run: int) -> dict[str, Any]:
@@ -120,7 +135,9 @@ def _result(passed: bool, metadata: dict[str, Any], problems: list[str]) -> Asse
     return AssetCheckResult(passed=passed, metadata=metadata)
 
 
-def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> AssetCheckResult:
+def check_fragment_ids(
+    pipeline: Pipeline, partition_keys: Sequence[str], phase: float = 0.0
+) -> AssetCheckResult:
     """Fragment ids are unique across blocks.
 
     Block ``i`` owns the id range ``base(i) + 1 .. base(i) + voxels_per_block``;
@@ -131,7 +148,7 @@ def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> Ass
     """
     grid = pipeline.grid
     store = pipeline.graph.store()
-    blocks, in_run = _blocks(pipeline, partition_keys)
+    blocks, in_run = _blocks(pipeline, partition_keys, phase)
     problems: list[str] = []
     for block in blocks:
         lo = grid.fragment_id_base(block.index) + 1
@@ -158,12 +175,12 @@ def check_fragment_ids(pipeline: Pipeline, partition_keys: Sequence[str]) -> Ass
 
 
 def check_nodes_match_fragments(
-    pipeline: Pipeline, partition_keys: Sequence[str]
+    pipeline: Pipeline, partition_keys: Sequence[str], phase: float = 0.0
 ) -> AssetCheckResult:
     """Per block, the SQL nodes and the array's fragments have the same ids and voxel counts."""
     grid = pipeline.grid
     store = pipeline.graph.store()
-    blocks, in_run = _blocks(pipeline, partition_keys)
+    blocks, in_run = _blocks(pipeline, partition_keys, phase)
     problems: list[str] = []
     for block in blocks:
         ids, counts = label_counts(pipeline.fragments.read(block.write_roi))
@@ -212,13 +229,15 @@ def check_lut_covers_fragments(pipeline: Pipeline) -> AssetCheckResult:
     return _result(not problems, metadata, problems)
 
 
-def check_segments_match_lut(pipeline: Pipeline, partition_keys: Sequence[str]) -> AssetCheckResult:
+def check_segments_match_lut(
+    pipeline: Pipeline, partition_keys: Sequence[str], phase: float = 0.0
+) -> AssetCheckResult:
     """Per block, every voxel's segment id is the LUT's segment for its fragment."""
     grid = pipeline.grid
     pipeline.config.require("segments_array")
     segments = pipeline.segments
     lut = pipeline.lut.load()
-    blocks, in_run = _blocks(pipeline, partition_keys)
+    blocks, in_run = _blocks(pipeline, partition_keys, phase)
     problems: list[str] = []
     wrong_voxels = 0
     for block in blocks:
@@ -292,6 +311,9 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
     def keys_of(context: AssetCheckExecutionContext) -> list[str]:
         return run_partition_keys(dict(context.run.tags), grid)
 
+    def phase_of(context: AssetCheckExecutionContext) -> float:
+        return run_phase(context.run.run_id)
+
     @asset_check(
         asset=key("fragments"),
         name="fragment_ids_unique",
@@ -301,7 +323,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         "check_sample_blocks, evenly spaced).",
     )
     def fragment_ids_unique(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        return check_fragment_ids(pipeline, keys_of(context))
+        return check_fragment_ids(pipeline, keys_of(context), phase_of(context))
 
     @asset_check(
         asset=key("fragment_nodes"),
@@ -311,7 +333,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         "Blocks of the run's partitions (at most check_sample_blocks, evenly spaced).",
     )
     def nodes_match_fragments(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        return check_nodes_match_fragments(pipeline, keys_of(context))
+        return check_nodes_match_fragments(pipeline, keys_of(context), phase_of(context))
 
     checks = [fragment_ids_unique, nodes_match_fragments]
     if config.lut_path is not None:
@@ -336,7 +358,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
             "Blocks of the run's partitions (at most check_sample_blocks, evenly spaced).",
         )
         def segments_match_lut(context: AssetCheckExecutionContext) -> AssetCheckResult:
-            return check_segments_match_lut(pipeline, keys_of(context))
+            return check_segments_match_lut(pipeline, keys_of(context), phase_of(context))
 
         checks.append(segments_match_lut)
     return checks
