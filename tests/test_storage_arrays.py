@@ -398,3 +398,28 @@ def test_chunk_cache_reads_like_read_and_decodes_shared_chunks_once(tmp_path):
     affs.write(roi, np.full((3, *roi.shape), 7, np.uint8))
     assert np.all(cache.read(grid.block(0).read_roi)[:, 1:5, 2:12, 2:12] == 7)
     assert np.array_equal(cache.read(Roi((-3, -3, -3), (2, 2, 2))), np.zeros((3, 2, 2, 2)))
+
+
+def test_chunk_cache_with_a_chunked_channel_axis_and_a_memory_budget(tmp_path):
+    from volara_assets.storage import ChunkCache
+
+    rng = np.random.default_rng(1)
+    # One chunk per channel (ours always keep channels together; other tools may not).
+    z = zarr.create_array(
+        str(tmp_path / "c.zarr" / "affs"), shape=(3, 8, 20, 20), chunks=(1, 4, 10, 10),
+        dtype="uint8", attributes={"axis_names": ["c^", "z", "y", "x"]},
+    )
+    z[...] = rng.integers(0, 256, (3, 8, 20, 20), dtype=np.uint8)
+    affs = open_array(tmp_path / "c.zarr" / "affs")
+    assert affs.channel_dims == 1 and affs.chunks == (1, 4, 10, 10)
+    roi = Roi((2, 5, 5), (4, 10, 10))
+    cache = ChunkCache(affs)
+    assert np.array_equal(cache.read(roi), affs.read(roi))
+    # Rewriting only channel 2 of one chunk is seen: every channel chunk is checked.
+    z[2, 0:4, 0:10, 0:10] = 9
+    assert np.array_equal(cache.read(roi), affs.read(roi))
+    assert np.all(cache.read(roi)[2, :2, :5, :5] == 9)
+    # Chunks that would not fit in max_bytes are never kept: straight reads.
+    small = ChunkCache(affs, max_bytes=1000)
+    assert np.array_equal(small.read(roi), affs.read(roi))
+    assert small.decoded == 0 and small.capacity == 0 and not small._chunks

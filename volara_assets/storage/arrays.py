@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -386,18 +387,21 @@ class ChunkCache:
     With a context, a block's read ROI touches up to 27 chunks of a
     block-aligned array, 18 of them shared with the next block along x; zarr
     decodes every touched chunk in full on every read. This cache keeps the
-    chunks of the last read (least recently used leave first, so it never holds
-    more than the chunks one read touches: memory is bounded by the block
-    size), so in grid order each chunk is decoded about once per row of blocks.
+    chunks of the last read (least recently used leave first), so in grid
+    order each chunk is decoded about once per row of blocks.
 
-    Entries are keyed by the chunk file's ``(mtime, size)``: a chunk rewritten
-    since it was cached is decoded again, so a long-lived worker never serves a
-    stale input. Arrays outside a local directory store, or sharded, are read
-    directly (no file to check).
+    Memory: at most the chunks one read touches, and never more than
+    ``max_bytes``: a read whose chunks would not fit goes straight to zarr.
+    Entries are keyed by the chunk file's ``(inode, size, mtime, ctime)`` (zarr
+    replaces a chunk file on every write), so a chunk rewritten since it was
+    cached is decoded again and a long-lived worker never serves a stale input.
+    Arrays outside a local directory store, or sharded, are read directly.
+    Reads are serialised by a lock, so threads of one worker may share it.
     """
 
-    def __init__(self, array: VolumeArray) -> None:
+    def __init__(self, array: VolumeArray, max_bytes: int = 256 * 2**20) -> None:
         self.array = array
+        self.max_bytes = int(max_bytes)
         z = array.zarr_array
         root = getattr(z.store, "root", None)
         self._dir = None if root is None or z.shards is not None else Path(root) / z.path
@@ -405,11 +409,19 @@ class ChunkCache:
         # Every chunk along the channel axis (usually one) backs a spatial chunk.
         n = -(-array.shape[0] // array.chunks[0]) if array.channel_dims else 1
         self._channel_chunks = [(c,) for c in range(n)] if array.channel_dims else [()]
+        self._chunk_bytes = int(np.prod(array.chunks[array.channel_dims :])) * int(
+            np.prod(array.shape[: array.channel_dims])
+        ) * np.dtype(array.dtype).itemsize
+        self._lock = threading.Lock()
         self.capacity = 0
         self.decoded = 0
 
     def read(self, roi: Roi, keep: int = 0) -> np.ndarray:
         """Same result as ``array.read(roi)``; hold at least ``keep`` chunks from now on."""
+        with self._lock:
+            return self._read(roi, keep)
+
+    def _read(self, roi: Roi, keep: int) -> np.ndarray:
         array = self.array
         if self._dir is None:
             return array.read(roi)
@@ -424,26 +436,15 @@ class ChunkCache:
             for b, e, c in zip(inside.begin, inside.end, chunk, strict=True)
         ]
         touched = int(np.prod([len(r) for r in ranges]))
+        if max(touched, keep) * self._chunk_bytes > self.max_bytes:
+            return array.read(roi)  # too large to keep: no better than zarr itself
         self.capacity = max(self.capacity, touched, keep)
         wanted = list(itertools.product(*ranges))
         versions = {c: tuple(self._stat(k + c) for k in self._channel_chunks) for c in wanted}
         stale = [c for c in wanted if c not in self._chunks or self._chunks[c][0] != versions[c]]
         if stale:
-            # One zarr call for the box around every chunk to decode: zarr decodes
-            # the chunks of one call concurrently, and each call has a fixed cost.
-            lo = [min(c[a] for c in stale) for a in range(3)]
-            hi = [max(c[a] for c in stale) + 1 for a in range(3)]
-            box = Roi(
-                tuple(i * c for i, c in zip(lo, chunk, strict=True)),  # type: ignore[arg-type]
-                tuple((h - i) * c for i, h, c in zip(lo, hi, chunk, strict=True)),  # type: ignore[arg-type]
-            ).intersect(array.volume_roi)
-            data = np.asarray(array.zarr_array[(Ellipsis, *box.slices)])
-            for coords in itertools.product(*(range(i, h) for i, h in zip(lo, hi, strict=True))):
-                if coords in versions:
-                    piece = self._chunk_roi(coords).relative_to(box.begin).slices
-                    # A copy, so that evicting a chunk frees it (a view would keep the box).
-                    self._chunks[coords] = (versions[coords], data[(Ellipsis, *piece)].copy())
-                    self.decoded += 1
+            self._make_room(wanted, stale)
+            self._decode(stale, versions)
         for coords in wanted:
             entry = self._chunks.pop(coords)
             self._chunks[coords] = entry  # most recently used last
@@ -452,22 +453,67 @@ class ChunkCache:
             out[(Ellipsis, *part.relative_to(roi.begin).slices)] = entry[1][
                 (Ellipsis, *part.relative_to(chunk_roi.begin).slices)
             ]
-        while len(self._chunks) > self.capacity:
-            self._chunks.pop(next(iter(self._chunks)))
+        if len(self._chunks) > self.capacity:
+            self._drop(list(self._chunks)[: len(self._chunks) - self.capacity])
         return out
+
+    def _make_room(self, wanted: list[tuple[int, ...]], stale: list[tuple[int, ...]]) -> None:
+        """Drop stale entries and the least recently used unwanted ones *before* decoding,
+        so old and new chunks are never held at once beyond ``capacity``."""
+        wanted_set = set(wanted)
+        unwanted = [c for c in self._chunks if c not in wanted_set]  # least recent first
+        excess = unwanted[: max(0, len(unwanted) - (self.capacity - len(wanted)))]
+        self._drop([c for c in stale if c in self._chunks] + excess)
+
+    def _decode(self, stale: list[tuple[int, ...]], versions: dict[tuple[int, ...], Any]) -> None:
+        """Decode the stale chunks: one zarr call per column of chunks along x.
+
+        zarr decodes the chunks of one call concurrently and each call has a
+        fixed cost; in grid order the stale chunks of a read are one such column
+        (the next x), so its box is exactly the chunks to keep and the cache
+        holds views of it, without a copy.
+        """
+        chunk = self.array.spatial_chunks
+        by_x: dict[int, list[tuple[int, ...]]] = {}
+        for coords in stale:
+            by_x.setdefault(coords[2], []).append(coords)
+        for x, column in by_x.items():
+            lo = [min(c[a] for c in column) for a in range(2)]
+            hi = [max(c[a] for c in column) + 1 for a in range(2)]
+            box = Roi(
+                (lo[0] * chunk[0], lo[1] * chunk[1], x * chunk[2]),
+                ((hi[0] - lo[0]) * chunk[0], (hi[1] - lo[1]) * chunk[1], chunk[2]),
+            ).intersect(self.array.volume_roi)
+            data = np.asarray(self.array.zarr_array[(Ellipsis, *box.slices)])
+            exact = len(column) == (hi[0] - lo[0]) * (hi[1] - lo[1])
+            for coords in column:
+                view = data[(Ellipsis, *self._chunk_roi(coords).relative_to(box.begin).slices)]
+                # A box with chunks not kept would be pinned by views: copy instead.
+                self._chunks[coords] = (versions[coords], view if exact else view.copy())
+                self.decoded += 1
+
+    def _drop(self, chunks: list[tuple[int, ...]]) -> None:
+        """Forget chunks; views still sharing a box with them are copied so it is freed."""
+        bases = [self._chunks.pop(coords)[1].base for coords in chunks]
+        bases = [b for b in bases if b is not None]
+        if not bases:
+            return
+        for other, (version, view) in list(self._chunks.items()):
+            if any(view.base is b for b in bases):
+                self._chunks[other] = (version, view.copy())
 
     def _chunk_roi(self, coords: tuple[int, ...]) -> Roi:
         chunk = self.array.spatial_chunks
         begin = tuple(i * c for i, c in zip(coords, chunk, strict=True))
         return Roi(begin, chunk).intersect(self.array.volume_roi)  # type: ignore[arg-type]
 
-    def _stat(self, coords: tuple[int, ...]) -> tuple[int, int] | None:
+    def _stat(self, coords: tuple[int, ...]) -> tuple[int, ...] | None:
         key = self.array.zarr_array.metadata.encode_chunk_key(coords)
         try:
             st = os.stat(self._dir / key)  # type: ignore[operator]
         except FileNotFoundError:
             return None  # never written: the fill value
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def open_array(path: str | Path, mode: str = "r") -> VolumeArray:
