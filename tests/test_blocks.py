@@ -146,10 +146,11 @@ def test_blockwise_edges_equal_one_pass_over_the_whole_volume(reference: Pipelin
 @pytest.mark.parametrize(
     "extra",
     [
+        [[0, 0, 3], [2, 0, 0]],  # long-range, axis-aligned: slabs of 3 (x) and 2 (z) voxels
         [[0, 0, 3], [0, 2, 2]],  # long-range and diagonal: the job reads the whole forward box
         [[0, 0, 3], [0, -2, 2]],  # a negative component: the job reads the full context
     ],
-    ids=["forward", "negative"],
+    ids=["axis-aligned", "diagonal", "negative"],
 )
 def test_long_range_and_diagonal_offsets_give_exact_edges(tmp_path: Path, extra):
     from volara_assets.ops.edges import edge_scores

@@ -216,6 +216,23 @@ def test_fragment_nodes_exact_centroids_and_sizes():
     )
 
 
+@pytest.mark.parametrize("base", [0, 2**62])
+def test_fragment_nodes_of_a_finished_block_match_a_per_id_reference(base):
+    """A block's consecutive ids take the one-pass dense path: exact sizes and centroids."""
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 6, (5, 9, 11)).astype(np.uint64)
+    labels = finish_block(raw, (slice(0, 5), slice(0, 9), slice(0, 11)), base)
+    nodes = fragment_nodes(labels, origin=(10, 20, 30), voxel_size=(4, 2, 1))
+    ids = np.unique(labels[labels > 0])
+    assert nodes.ids.dtype == np.uint64 and nodes.ids.tolist() == ids.tolist()
+    assert len(ids) > 20 and ids.min() == base + 1
+    for i, fid in enumerate(ids):
+        where = np.argwhere(labels == fid)
+        assert nodes.sizes[i] == len(where)
+        expected = np.array([10, 20, 30]) + np.array([4, 2, 1]) * where.mean(axis=0)
+        np.testing.assert_allclose(nodes.positions[i], expected, rtol=0, atol=1e-9)
+
+
 def test_fragment_nodes_empty():
     nodes = fragment_nodes(np.zeros((2, 2, 2), np.uint64), (0, 0, 0), (1, 1, 1))
     assert len(nodes) == 0
