@@ -320,7 +320,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         blocking=True,
         description="Fragment ids are unique across blocks: each block uses only its own id "
         "range, in the array and in SQL. Blocks of the run's partitions (at most "
-        "check_sample_blocks, evenly spaced).",
+        "check_sample_blocks, spread out).",
     )
     def fragment_ids_unique(context: AssetCheckExecutionContext) -> AssetCheckResult:
         return check_fragment_ids(pipeline, keys_of(context), phase_of(context))
@@ -330,7 +330,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
         name="nodes_match_fragments",
         blocking=True,
         description="Per block, SQL nodes and array fragments have the same ids and sizes. "
-        "Blocks of the run's partitions (at most check_sample_blocks, evenly spaced).",
+        "Blocks of the run's partitions (at most check_sample_blocks, spread out).",
     )
     def nodes_match_fragments(context: AssetCheckExecutionContext) -> AssetCheckResult:
         return check_nodes_match_fragments(pipeline, keys_of(context), phase_of(context))
@@ -355,7 +355,7 @@ def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
             name="segments_match_lut",
             blocking=True,
             description="Every segment id is the LUT's segment of the voxel's fragment. "
-            "Blocks of the run's partitions (at most check_sample_blocks, evenly spaced).",
+            "Blocks of the run's partitions (at most check_sample_blocks, spread out).",
         )
         def segments_match_lut(context: AssetCheckExecutionContext) -> AssetCheckResult:
             return check_segments_match_lut(pipeline, keys_of(context), phase_of(context))

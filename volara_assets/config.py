@@ -121,7 +121,7 @@ class PipelineConfig(_Model):
     # Evaluation reads this many blocks at most (evenly spaced); 0 = the whole volume.
     eval_sample_blocks: int = Field(64, ge=0)
     # The per-block integrity checks re-read at most this many of the run's blocks
-    # (evenly spaced); 0 = every block of the run.
+    # (one per stretch of blocks, placed by the run id); 0 = every block of the run.
     check_sample_blocks: int = Field(16, ge=0)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
 
