@@ -101,12 +101,18 @@ class BlockwiseStep(BaseModel):
                 "ExtractFrags); a pipeline has one block grid, so use the same block_size"
             )
 
-    def _check_fragments(self, base: PipelineConfig, frags: Labels) -> None:
+    def _continuing(
+        self, base: PipelineConfig | None, frags: Labels, block_size: Offset, needs: str
+    ) -> PipelineConfig:
+        """The recorded pipeline of ``frags``, checked to be the one this step continues."""
+        base = self._require(base, f"the fragments array {frags.path}", needs)
         if frags.path != base.fragments_array:
             raise ValueError(
                 f"{type(self).__name__}.frags_data: {frags.path} is not the fragments array "
                 f"{base.fragments_array} of pipeline {base.name!r} it continues"
             )
+        self._check_grid(base, block_size)
+        return base
 
     # -- running ----------------------------------------------------------------
     def run_blockwise(self, multiprocessing: bool = False) -> ExecuteInProcessResult:
@@ -237,13 +243,8 @@ class AffAgglom(BlockwiseStep):
         return read_array_record(self.frags_data.path)
 
     def apply(self, base: PipelineConfig | None) -> PipelineConfig:
-        base = self._require(
-            base,
-            f"the fragments array {self.frags_data.path}",
-            "the fragments it continues and their block grid",
-        )
-        self._check_fragments(base, self.frags_data)
-        self._check_grid(base, self.block_size)
+        needs = "the fragments it continues and their block grid"
+        base = self._continuing(base, self.frags_data, self.block_size, needs)
         declared = self.db.edge_attrs
         if declared is not None and set(declared) != set(self.scores):
             raise ValueError(
@@ -347,13 +348,9 @@ class Relabel(BlockwiseStep):
         return read_array_record(self.frags_data.path)
 
     def apply(self, base: PipelineConfig | None) -> PipelineConfig:
-        base = self._require(
-            base,
-            f"the fragments array {self.frags_data.path}",
-            "the fragments' pipeline and block grid",
+        base = self._continuing(
+            base, self.frags_data, self.block_size, "the fragments' pipeline and block grid"
         )
-        self._check_fragments(base, self.frags_data)
-        self._check_grid(base, self.block_size)
         config = _merge(
             base,
             {"segments_array": self.seg_data.path, "lut_path": str(self.lut.file.resolve())},
