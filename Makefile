@@ -52,13 +52,13 @@ data/demo.zarr/.complete: $(STAMP)
 # is observed first, so that the sensors of `make dev` find nothing new to recompute.
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 	@start=$$(date +%s); \
-	range=$$($(BIN)/python -m volara_assets.report range $(PIPELINE)); \
+	range=$$($(BIN)/python -m volara_assets.orchestration.report range $(PIPELINE)); \
 	$(DAGSTER) job execute -m volara_assets.definitions -j demo__observe_affinities \
 	  > /dev/null && \
 	$(DAGSTER) asset materialize -m volara_assets.definitions \
 	  --select 'demo/fragments,demo/fragment_nodes,demo/edges,demo/lut,demo/segments' \
 	  --partition-range "$$range" && \
-	$(BIN)/python -m volara_assets.report summary $(PIPELINE) && \
+	$(BIN)/python -m volara_assets.orchestration.report summary $(PIPELINE) && \
 	echo "make demo: $$(( $$(date +%s) - start )) s"
 
 # The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT).

@@ -138,7 +138,7 @@ def run_ours(home: Path, workers: int = 1, kind: str = "processes") -> RunResult
     }
     bin_dir = Path(sys.executable).parent
     keys_range = subprocess.run(
-        [sys.executable, "-m", "volara_assets.report", "range", str(PIPELINE)],
+        [sys.executable, "-m", "volara_assets.orchestration.report", "range", str(PIPELINE)],
         env=env, cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout.strip()
     cmd = [

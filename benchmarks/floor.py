@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CONTAINER, PIPELINE, ensure_volume  # noqa: E402
 
-from volara_assets.blocks import FragmentsJob  # noqa: E402
 from volara_assets.config import PipelineConfig  # noqa: E402
-from volara_assets.pipeline import Pipeline  # noqa: E402
+from volara_assets.runtime.bound import BoundPipeline  # noqa: E402
+from volara_assets.runtime.jobs import FragmentsJob  # noqa: E402
 from volara_assets.storage.arrays import create_array, open_array  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                 "db_url": f"sqlite:///{tmp / 'db.sqlite'}",
             }
         )
-        pipeline = Pipeline(config)
+        pipeline = BoundPipeline(config)
         pipeline.prepare_outputs()
         grid = pipeline.grid
         job = FragmentsJob(config, grid, pipeline.affinities, pipeline.fragments, pipeline.graph)

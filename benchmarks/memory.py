@@ -43,11 +43,11 @@ def _maxrss() -> int:
 
 def run_step(container: str, out: str, step: str) -> dict[str, float]:
     """Run one step on every block in this process; return its peak RSS."""
-    from volara_assets.blocks import EdgesJob, FragmentsJob, SegmentsJob
     from volara_assets.config import ExecutorConfig, PipelineConfig
-    from volara_assets.executors import open_executor, run_blocks
     from volara_assets.ops.agglomerate import agglomerate
-    from volara_assets.pipeline import Pipeline
+    from volara_assets.runtime.bound import BoundPipeline
+    from volara_assets.runtime.executors import open_executor, run_blocks
+    from volara_assets.runtime.jobs import EdgesJob, FragmentsJob, SegmentsJob
     from volara_assets.storage.lut import save_lut
 
     config = PipelineConfig.from_yaml(PIPELINE).model_copy(
@@ -59,7 +59,7 @@ def run_step(container: str, out: str, step: str) -> dict[str, float]:
             "db_url": f"sqlite:///{out}/db.sqlite",
         }
     )
-    p = Pipeline(config)
+    p = BoundPipeline(config)
     p.prepare_outputs()
     grid = p.grid
     base = _status("VmRSS")

@@ -21,10 +21,10 @@ import pytest
 import yaml
 from dagster import AssetKey, AssetsDefinition, Definitions
 
-from volara_assets.assets import PipelineAssets, build_pipeline_assets
 from volara_assets.config import PipelineConfig
 from volara_assets.demo import write_demo
-from volara_assets.resources import BlockExecutor
+from volara_assets.orchestration.assets import PipelineAssets, build_pipeline_assets
+from volara_assets.orchestration.resources import BlockExecutor
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SHAPE = (24, 64, 64)

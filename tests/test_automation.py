@@ -55,9 +55,9 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from volara_assets.automation import input_state, partition_data_versions
 from volara_assets.geometry import BlockGrid, Roi
 from volara_assets.storage.arrays import create_array, open_array
+from volara_assets.storage.fingerprints import input_state, partition_data_versions
 
 COMPUTED = ("fragments", "fragment_nodes", "edges", "lut", "segments")
 #: A corner region of block z0_y0_x0, inside one input chunk (4, 16, 16).

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from volara_assets.blocks import EdgesJob, FragmentsJob, SegmentsJob
 from volara_assets.config import PipelineConfig
 from volara_assets.demo import write_demo
 from volara_assets.ops.agglomerate import agglomerate
 from volara_assets.ops.metrics import evaluate
-from volara_assets.pipeline import Pipeline
+from volara_assets.runtime.bound import BoundPipeline
+from volara_assets.runtime.jobs import EdgesJob, FragmentsJob, SegmentsJob
 from volara_assets.storage.lut import save_lut
 
 HOOD = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
@@ -30,7 +30,7 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_pipeline(volume: Path, out: Path) -> Pipeline:
+def make_pipeline(volume: Path, out: Path) -> BoundPipeline:
     config = PipelineConfig.model_validate(
         dict(
             name="blocks",
@@ -48,12 +48,12 @@ def make_pipeline(volume: Path, out: Path) -> Pipeline:
             lut={"weights": {"zyx_aff": [1.0, -0.5]}},
         )
     )
-    pipeline = Pipeline(config)
+    pipeline = BoundPipeline(config)
     pipeline.prepare_outputs()
     return pipeline
 
 
-def run(pipeline: Pipeline, order: list[int], repeat: set[int] = frozenset()) -> None:
+def run(pipeline: BoundPipeline, order: list[int], repeat: set[int] = frozenset()) -> None:
     c, g = pipeline.config, pipeline.grid
     frags = FragmentsJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph)
     edges = EdgesJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph)
@@ -71,13 +71,13 @@ def run(pipeline: Pipeline, order: list[int], repeat: set[int] = frozenset()) ->
 
 
 @pytest.fixture(scope="module")
-def reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+def reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> BoundPipeline:
     pipeline = make_pipeline(volume, tmp_path_factory.mktemp("ref"))
     run(pipeline, list(range(pipeline.grid.num_blocks)))
     return pipeline
 
 
-def test_perfect_affinities_reproduce_the_ground_truth(reference: Pipeline):
+def test_perfect_affinities_reproduce_the_ground_truth(reference: BoundPipeline):
     roi = reference.grid.volume_roi
     seg = reference.segments.read(roi)
     gt = reference.ground_truth.read(roi)
@@ -91,7 +91,7 @@ def test_perfect_affinities_reproduce_the_ground_truth(reference: Pipeline):
     assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
-def test_fragment_ids_encode_their_block(reference: Pipeline):
+def test_fragment_ids_encode_their_block(reference: BoundPipeline):
     g = reference.grid
     frags = reference.fragments.read(g.volume_roi)
     for block in g.blocks():
@@ -104,7 +104,7 @@ def test_fragment_ids_encode_their_block(reference: Pipeline):
 
 
 def test_any_order_and_repeated_blocks_give_identical_results(
-    volume: Path, reference: Pipeline, tmp_path: Path
+    volume: Path, reference: BoundPipeline, tmp_path: Path
 ):
     other = make_pipeline(volume, tmp_path)
     order = list(range(other.grid.num_blocks))
@@ -125,7 +125,7 @@ def test_any_order_and_repeated_blocks_give_identical_results(
     assert a.count_nodes() == len(na) and a.count_edges() == len(ea)
 
 
-def test_blockwise_edges_equal_one_pass_over_the_whole_volume(reference: Pipeline):
+def test_blockwise_edges_equal_one_pass_over_the_whole_volume(reference: BoundPipeline):
     """Each block reads only its write ROI and forward slabs, yet the edges are exact."""
     from volara_assets.ops.edges import edge_scores
 
@@ -178,7 +178,7 @@ def test_long_range_and_diagonal_offsets_give_exact_edges(tmp_path: Path, extra)
             edges={"scores": {"direct": HOOD, "long": extra}},
         )
     )
-    pipeline = Pipeline(config)
+    pipeline = BoundPipeline(config)
     pipeline.prepare_outputs()
     c, g = config, pipeline.grid
     frag_config = config.model_copy(

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from conftest import STEPS, BuiltPipeline, build_pipeline, write_pipeline_yaml
 from dagster import (
-    AssetCheckSeverity,
     AssetSelection,
     DagsterEventType,
     DagsterInstance,
@@ -30,16 +29,16 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from volara_assets.checks import (
+from volara_assets.orchestration.checks import run_partition_keys
+from volara_assets.runtime.thumbnails import encode_png, histogram_image, label_colors
+from volara_assets.runtime.verify import (
     check_evaluation,
     check_fragment_ids,
     check_lut_covers_fragments,
     check_nodes_match_fragments,
     check_segments_match_lut,
-    run_partition_keys,
 )
 from volara_assets.storage.lut import save_lut
-from volara_assets.thumbnails import encode_png, histogram_image, label_colors
 
 INTEGRITY = {
     ("fragments", "fragment_ids_unique"),
@@ -173,8 +172,8 @@ def test_a_duplicated_fragment_id_fails_fragment_ids_unique(
 
     result = check_fragment_ids(pipeline, grid.partition_keys)
     assert not result.passed
-    assert result.metadata["bad_blocks"].value == 1
-    problems = result.metadata["problems"].value
+    assert result.metadata["bad_blocks"] == 1
+    problems = result.problems_markdown()
     assert grid.block(1).key in problems and f"owned by {grid.block(0).key}" in problems
     checks = run_checks(bp)
     assert not checks[("fragments", "fragment_ids_unique")].passed
@@ -193,8 +192,8 @@ def test_a_missing_node_fails_nodes_match_fragments(
 
     result = check_nodes_match_fragments(pipeline, pipeline.grid.partition_keys)
     assert not result.passed
-    assert result.metadata["bad_blocks"].value == 1
-    assert f"fragments without a node (e.g. {victim})" in result.metadata["problems"].value
+    assert result.metadata["bad_blocks"] == 1
+    assert f"fragments without a node (e.g. {victim})" in result.problems_markdown()
     checks = run_checks(bp)
     assert not checks[("fragment_nodes", "nodes_match_fragments")].passed
     assert checks[("fragments", "fragment_ids_unique")].passed
@@ -213,10 +212,10 @@ def test_a_lut_missing_a_fragment_fails_lut_and_segment_checks(
     save_lut(pipeline.lut.path, np.delete(lut, merged, axis=1))
 
     result = check_lut_covers_fragments(pipeline)
-    assert not result.passed and result.metadata["missing"].value == 1
-    assert str(int(lut[0, merged])) in result.metadata["problems"].value
+    assert not result.passed and result.metadata["missing"] == 1
+    assert str(int(lut[0, merged])) in result.problems_markdown()
     segments = check_segments_match_lut(pipeline, pipeline.grid.partition_keys)
-    assert not segments.passed and segments.metadata["wrong_voxels"].value > 0
+    assert not segments.passed and segments.metadata["wrong_voxels"] > 0
     checks = run_checks(bp)
     assert not checks[("lut", "lut_covers_fragments")].passed
     assert not checks[("segments", "segments_match_lut")].passed
@@ -233,19 +232,19 @@ def test_a_wrong_segment_id_fails_segments_match_lut(
     seg[2, 3, 4] += 1
     pipeline.segments.write(roi, seg)
     result = check_segments_match_lut(pipeline, pipeline.grid.partition_keys)
-    assert not result.passed and result.metadata["wrong_voxels"].value == 1
-    assert pipeline.grid.block(7).key in result.metadata["problems"].value
+    assert not result.passed and result.metadata["wrong_voxels"] == 1
+    assert pipeline.grid.block(7).key in result.problems_markdown()
 
 
 def test_block_checks_sample_at_most_check_sample_blocks_and_rotate_by_run(
     reference: Reference, demo_volume: Path, tmp_path: Path
 ) -> None:
-    from volara_assets.checks import run_phase
-    from volara_assets.pipeline import Pipeline
+    from volara_assets.orchestration.checks import run_phase
+    from volara_assets.runtime.bound import BoundPipeline
 
     bp = broken_copy(reference, demo_volume, tmp_path / "sampled")
     full = bp.built.pipeline
-    pipeline = Pipeline(full.config.model_copy(update={"check_sample_blocks": 3}))
+    pipeline = BoundPipeline(full.config.model_copy(update={"check_sample_blocks": 3}))
     grid = pipeline.grid
     assert grid.num_blocks == 12
     roi = grid.block(5).write_roi
@@ -257,15 +256,15 @@ def test_block_checks_sample_at_most_check_sample_blocks_and_rotate_by_run(
     for phase, caught in ((0.0, False), (0.25, True), (0.5, False)):
         result = check_segments_match_lut(pipeline, grid.partition_keys, phase)
         assert result.passed is not caught, phase
-        assert result.metadata["blocks_checked"].value == 3
-        assert result.metadata["blocks_in_run"].value == 12
-        assert result.metadata["scope"].value == "sampled blocks of the volume"
+        assert result.metadata["blocks_checked"] == 3
+        assert result.metadata["blocks_in_run"] == 12
+        assert result.metadata["scope"] == "sampled blocks of the volume"
     # Run ids spread the phase over [0, 1): four runs, four different samples.
     phases = {run_phase(f"{i:08x}-0000") for i in (0, 2**30, 2**31, 3 * 2**30)}
     assert phases == {0.0, 0.25, 0.5, 0.75}
     # The default (16, more than the 12 blocks) checks every block.
     every = check_segments_match_lut(full, grid.partition_keys)
-    assert not every.passed and every.metadata["wrong_voxels"].value == 1
+    assert not every.passed and every.metadata["wrong_voxels"] == 1
     assert full.config.check_sample_blocks == 16
 
 
@@ -274,13 +273,13 @@ def test_evaluation_warns_above_its_thresholds_and_samples_large_volumes(
 ) -> None:
     pipeline = reference.bp.built.pipeline
     ok = check_evaluation(pipeline, warn_voi=0.5, warn_are=0.3, sample_blocks=64)
-    assert ok.passed and ok.severity == AssetCheckSeverity.WARN
+    assert ok.passed and ok.warn_only
     strict = check_evaluation(pipeline, warn_voi=-1.0, warn_are=0.3, sample_blocks=0)
-    assert not strict.passed and strict.severity == AssetCheckSeverity.WARN
+    assert not strict.passed and strict.warn_only
     assert "VOI" in strict.description
     sampled = check_evaluation(pipeline, warn_voi=0.5, warn_are=0.3, sample_blocks=3)
-    assert sampled.metadata["scope"].value == "sampled blocks"
-    assert sampled.metadata["blocks_evaluated"].value == 3
+    assert sampled.metadata["scope"] == "sampled blocks"
+    assert sampled.metadata["blocks_evaluated"] == 3
 
 
 # ----------------------------------------------------------------------------- pictures

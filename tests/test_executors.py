@@ -14,11 +14,11 @@ import pytest
 import yaml
 from dagster import AssetKey, materialize
 
-from volara_assets.assets import build_pipeline_assets
 from volara_assets.config import ExecutorConfig, PipelineConfig
 from volara_assets.demo import write_demo
-from volara_assets.executors import open_executor, run_blocks
-from volara_assets.resources import BlockExecutor
+from volara_assets.orchestration.assets import build_pipeline_assets
+from volara_assets.orchestration.resources import BlockExecutor
+from volara_assets.runtime.executors import open_executor, run_blocks
 from volara_assets.storage.arrays import open_array
 from volara_assets.storage.graph import GraphStore
 

@@ -94,10 +94,3 @@ def test_bricks_group_blocks_into_partitions():
 def test_bad_grid_names_the_field(kw, message):
     with pytest.raises(ValueError, match=message):
         grid(**kw)
-
-
-def test_block_size_must_not_split_chunks():
-    g = grid()
-    g.check_chunks((10, 25, 50), "fragments")
-    with pytest.raises(ValueError, match="splits the chunks"):
-        g.check_chunks((20, 100, 50), "fragments")

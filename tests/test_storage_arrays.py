@@ -13,10 +13,9 @@ import zarr
 from funlib.geometry import Roi as FunlibRoi
 from funlib.persistence import open_ds, prepare_ds
 
-from volara_assets.geometry import BlockGrid, Roi
+from volara_assets.geometry import Roi
 from volara_assets.storage import (
     VolumeArray,
-    check_block_alignment,
     create_array,
     open_array,
 )
@@ -258,12 +257,6 @@ def test_pickle_reopens(labels):
     clone = pickle.loads(pickle.dumps(labels))
     assert clone.offset == (8, 0, 4) and clone.mode == "r+"
     assert clone[1, 1, 1] == labels[1, 1, 1] == 38
-
-
-def test_check_block_alignment(labels):
-    check_block_alignment(labels, BlockGrid((4, 5, 6), (2, 5, 6)))
-    with pytest.raises(ValueError, match="splits the chunks"):
-        check_block_alignment(labels, BlockGrid((4, 5, 6), (3, 5, 3)))
 
 
 def test_open_plain_zarr_defaults(tmp_path):

@@ -9,7 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Offset = tuple[int, int, int]
+from .geometry import Offset, check_context
+
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -185,10 +186,7 @@ class PipelineConfig(_Model):
                 f"context: {self.context} is smaller than the largest neighborhood offset "
                 f"{reach}; expected context >= {reach} on every axis"
             )
-        if any(c > b for c, b in zip(self.context, self.block_size, strict=True)):
-            raise ValueError(
-                f"context: {self.context} must be <= block_size {self.block_size} on every axis"
-            )
+        check_context(self.context, self.block_size)
         if any(b < 1 for b in self.blocks_per_partition):
             raise ValueError(
                 f"blocks_per_partition: every entry must be >= 1, got {self.blocks_per_partition}"

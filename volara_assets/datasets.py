@@ -9,12 +9,11 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from volara_assets.geometry import Coord
+from volara_assets.geometry import Coord, Offset
 from volara_assets.storage.arrays import VolumeArray, open_array
 
 __all__ = ["Affs", "Dataset", "DatasetArray", "Labels", "Raw", "WorldRoi"]
 
-Offset = tuple[int, int, int]
 NEIGHBORHOOD_ATTR = "neighborhood"
 """Array attribute volara writes on affinities: the offset of every channel."""
 

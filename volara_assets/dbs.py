@@ -15,9 +15,6 @@ from volara_assets.tables import EdgeTable, NodeTable
 
 __all__ = ["DB", "GraphDB", "PostgreSQL", "SQLite", "as_world_roi"]
 
-_NODE_COLUMNS = {"id", "z", "y", "x", "size", "block"}
-_EDGE_COLUMNS = {"u", "v", "block"}
-
 
 def as_world_roi(roi: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """``(offset, shape)`` of a world ROI given as a pair or as an object with both attributes.
@@ -41,16 +38,6 @@ def as_world_roi(roi: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None
     if len(offset) != 3 or len(shape) != 3:
         raise ValueError(f"roi: expected 3 values (z, y, x) in offset and shape, got {roi!r}")
     return offset, shape
-
-
-def _kind(column_type: sa.types.TypeEngine) -> str:
-    if isinstance(column_type, sa.Boolean):
-        return "bool"
-    if isinstance(column_type, sa.Integer):
-        return "int"
-    if isinstance(column_type, sa.Float | sa.Numeric):
-        return "float"
-    return "str"
 
 
 class DB(BaseModel):
@@ -84,24 +71,17 @@ class DB(BaseModel):
 
     def exists(self) -> bool:
         """Whether the database holds a fragment graph (its node table)."""
+        store = GraphStore(self.url, edge_attrs={})
         try:
-            return sa.inspect(self._engine()).has_table("nodes")
+            return sa.inspect(store.engine).has_table(store.nodes.name)
         except sa.exc.OperationalError:
             return False
-
-    def _engine(self) -> sa.Engine:
-        return GraphStore(self.url, edge_attrs={}).engine
 
     def stored_attrs(self) -> tuple[dict[str, str], dict[str, str]] | None:
         """``(node_attrs, edge_attrs)`` as found in the existing tables, or ``None``."""
         if not self.exists():
             return None
-        inspector = sa.inspect(self._engine())
-        found = []
-        for table, fixed in (("nodes", _NODE_COLUMNS), ("edges", _EDGE_COLUMNS)):
-            columns = inspector.get_columns(table) if inspector.has_table(table) else []
-            found.append({c["name"]: _kind(c["type"]) for c in columns if c["name"] not in fixed})
-        return found[0], found[1]
+        return GraphStore(self.url, edge_attrs={}).stored_attrs()
 
     def attrs(self) -> tuple[dict[str, str], dict[str, str] | None]:
         """``(node_attrs, edge_attrs)``: as declared, else as stored; edges ``None`` if unknown."""

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from dagster import Definitions, definitions, in_process_executor
 
-from .assets import PipelineAssets, build_pipeline_assets
 from .config import PipelineConfig
-from .resources import BlockExecutor
+from .orchestration.assets import PipelineAssets, build_pipeline_assets
+from .orchestration.resources import BlockExecutor
 
 DEMO_PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 

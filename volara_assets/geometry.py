@@ -15,6 +15,8 @@ from functools import cached_property
 import numpy as np
 
 Coord = tuple[int, int, int]
+#: A neighbourhood offset, stride or any other (z, y, x) vector of a config.
+Offset = Coord
 
 
 def as_coord(value: Sequence[int] | int, name: str, *, minimum: int | None = None) -> Coord:
@@ -30,6 +32,21 @@ def as_coord(value: Sequence[int] | int, name: str, *, minimum: int | None = Non
     if minimum is not None and any(v < minimum for v in values):
         raise ValueError(f"{name}: every entry must be >= {minimum}, got {values}")
     return values  # type: ignore[return-value]
+
+
+def check_context(context: Sequence[int], block_size: Sequence[int]) -> None:
+    """Raise unless ``context <= block_size`` on every axis (a block reads only its neighbours)."""
+    if any(c > b for c, b in zip(context, block_size, strict=True)):
+        raise ValueError(
+            f"context: must be <= block_size {tuple(block_size)} on every axis, "
+            f"got {tuple(context)}"
+        )
+
+
+def grid_key(coords: Sequence[int], grid_shape: Sequence[int]) -> str:
+    """The key of a block or partition: ``z{z}_y{y}_x{x}``, zero-padded so keys sort z-major."""
+    width = len(str(max(grid_shape) - 1))
+    return "_".join(f"{a}{c:0{width}d}" for a, c in zip("zyx", coords, strict=True))
 
 
 @dataclass(frozen=True)
@@ -135,11 +152,7 @@ class BlockGrid:
             "blocks_per_partition",
             as_coord(self.blocks_per_partition, "blocks_per_partition", minimum=1),
         )
-        if any(c > b for c, b in zip(self.context, self.block_size, strict=True)):
-            raise ValueError(
-                f"context: must be <= block_size {self.block_size} on every axis, "
-                f"got {self.context}"
-            )
+        check_context(self.context, self.block_size)
         if any(o % v for o, v in zip(self.offset, self.voxel_size, strict=True)):
             raise ValueError(
                 f"offset: must be a multiple of voxel_size {self.voxel_size}, got {self.offset}"
@@ -185,8 +198,7 @@ class BlockGrid:
         return int(np.ravel_multi_index(tuple(coords), self.grid_shape))
 
     def block_key(self, coords: Sequence[int]) -> str:
-        width = len(str(max(self.grid_shape) - 1))
-        return "_".join(f"{a}{c:0{width}d}" for a, c in zip("zyx", coords, strict=True))
+        return grid_key(coords, self.grid_shape)
 
     def block_neighbours(self, index: int) -> list[int]:
         """Indices of the up to 26 blocks that touch ``index`` (face, edge or corner)."""
@@ -291,11 +303,8 @@ class BlockGrid:
     @cached_property
     def partition_keys(self) -> list[str]:
         """Partition keys in z-major order (they also sort that way as strings)."""
-        width = len(str(max(self.partition_grid_shape) - 1))
-        return [
-            "_".join(f"{a}{c:0{width}d}" for a, c in zip("zyx", coords, strict=True))
-            for coords in itertools.product(*(range(g) for g in self.partition_grid_shape))
-        ]
+        shape = self.partition_grid_shape
+        return [grid_key(c, shape) for c in itertools.product(*(range(g) for g in shape))]
 
     @cached_property
     def _partition_index(self) -> dict[str, int]:
@@ -316,6 +325,13 @@ class BlockGrid:
             for c, p, g in zip(pc, self.blocks_per_partition, self.grid_shape, strict=True)
         ]
         return [self.block(self.block_index(c)) for c in itertools.product(*ranges)]
+
+    def partition_roi(self, key: str) -> Roi:
+        """The bounding box of partition ``key``'s write ROIs."""
+        blocks = self.partition_blocks(key)
+        begin = tuple(min(b.write_roi.begin[d] for b in blocks) for d in range(3))
+        end = tuple(max(b.write_roi.end[d] for b in blocks) for d in range(3))
+        return Roi(begin, tuple(e - b for b, e in zip(begin, end, strict=True)))  # type: ignore[arg-type]
 
     def partition_of_block(self, index: int) -> str:
         coords = self.block(index).coords
@@ -352,13 +368,3 @@ class BlockGrid:
     def chunk_shape(self) -> Coord:
         """Chunk shape for output arrays: one block per chunk, so no two blocks share one."""
         return self.block_size
-
-    def check_chunks(self, chunks: Sequence[int], name: str) -> None:
-        """Raise unless ``chunks`` (spatial) divide ``block_size``: no block may split a chunk."""
-        chunks = as_coord(chunks, f"{name} chunks", minimum=1)
-        bad = [b % c for b, c in zip(self.block_size, chunks, strict=True)]
-        if any(bad):
-            raise ValueError(
-                f"block_size: {self.block_size} splits the chunks {chunks} of {name}; "
-                "use a block_size that is a multiple of the chunk shape on every axis"
-            )

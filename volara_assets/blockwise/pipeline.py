@@ -1,7 +1,8 @@
 """Chained steps (``a + b``) and running them: one Dagster run over every block of every step.
 
-A run builds the pipeline's assets with :func:`volara_assets.assets.build_pipeline_assets`
-(the factory the YAML pipelines use), checks that the assets the steps read and
+A run builds the pipeline's assets with
+:func:`volara_assets.orchestration.assets.build_pipeline_assets` (the factory the
+YAML pipelines use), checks that the assets the steps read and
 do not write are materialized, records the pipeline (see
 :mod:`volara_assets.blockwise.record`) and materializes the steps' assets for
 ALL partitions in one run, so a rerun always recomputes from the current inputs.
@@ -20,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from dagster import (
     AssetKey,
     AssetsDefinition,
@@ -34,10 +34,10 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from volara_assets.assets import PipelineAssets, build_pipeline_assets
 from volara_assets.config import PipelineConfig
 from volara_assets.definitions import build_definitions
-from volara_assets.resources import BlockExecutor
+from volara_assets.orchestration.assets import PipelineAssets, build_pipeline_assets
+from volara_assets.orchestration.resources import BlockExecutor
 
 from .record import read_db_record, write_array_record, write_db_record
 from .steps import BlockwiseStep
@@ -169,7 +169,11 @@ class Pipeline:
                 # Rows are replaced per block index; another grid's blocks would
                 # leave stale fragments behind (or collide), so start the graph anew.
                 built.pipeline.graph.store().drop()
-        _reset_changed_tables(built, names)
+        # Every block of a selected step is recomputed, so a table about to be
+        # rewritten may change its columns (e.g. AffAgglom's score names).
+        built.pipeline.graph.store().drop_mismatched(
+            [t for asset, t in (("fragment_nodes", "nodes"), ("edges", "edges")) if asset in names]
+        )
         if Path(config.fragments_array).exists():
             write_array_record(config)
         write_db_record(config)
@@ -207,23 +211,6 @@ def _definition(built: PipelineAssets, key: AssetKey) -> AssetsDefinition | None
 def _partitioned(built: PipelineAssets, key: AssetKey) -> bool:
     asset = _definition(built, key)
     return asset is not None and asset.partitions_def is not None
-
-
-def _reset_changed_tables(built: PipelineAssets, names: set[str]) -> None:
-    """Drop a node or edge table about to be rewritten whose columns are not the configured ones.
-
-    Every block of a selected step is recomputed, so none of its rows survive
-    anyway; e.g. the edge table made with ``ExtractFrags``'s default score name
-    gets ``AffAgglom``'s score names.
-    """
-    store = built.pipeline.graph.store()
-    inspector = sa.inspect(store.engine)
-    for asset, table in (("fragment_nodes", store.nodes), ("edges", store.edges)):
-        if asset not in names or not inspector.has_table(table.name):
-            continue
-        found = {c["name"].lower() for c in inspector.get_columns(table.name)}
-        if found != {c.name.lower() for c in table.columns}:
-            table.drop(store.engine)
 
 
 def _check_prerequisites(

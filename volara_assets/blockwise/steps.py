@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from volara_assets.config import EdgesConfig, FragmentsConfig, LutConfig, Offset, PipelineConfig
+from volara_assets.config import EdgesConfig, FragmentsConfig, LutConfig, PipelineConfig
 from volara_assets.datasets import Affs, Labels, Raw, WorldRoi
 from volara_assets.dbs import PostgreSQL, SQLite, as_world_roi
+from volara_assets.geometry import Offset
 from volara_assets.lut import LUT
 
 from .record import pipeline_name, read_array_record, read_db_record, volume_roi

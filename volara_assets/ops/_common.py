@@ -6,7 +6,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-Offset = tuple[int, ...]
+from ..geometry import Offset
+
+
+def ids_are_dense(low: int, high: int, count: int) -> bool:
+    """Whether ids in ``[low, high]`` are few enough gaps apart for a dense table.
+
+    A finished block's fragment ids are consecutive (``base + 1 ..``), so per-id
+    tables indexed by ``id - low`` (O(n), no sort) fit in memory; ids spread over
+    the 64-bit space (many blocks, sparse labels) need a sort or a search instead.
+    ``count`` is how many values will be looked up (voxels or ids).
+    """
+    return high - low < 4 * count
 
 
 def as_offsets(neighborhood: Sequence[Sequence[int]], ndim: int, name: str) -> list[Offset]:

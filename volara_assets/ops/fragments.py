@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from ..tables import NodeTable
-from ._common import affinity_scale, as_offsets
+from ._common import affinity_scale, as_offsets, ids_are_dense
 
 
 def extract_fragments(
@@ -370,9 +370,8 @@ def fragment_nodes(
         low, high, count = _foreground_range(labels)
         if count == 0:
             return NodeTable.empty()
-        if high - low < 4 * count:
-            # Ids of a finished block are consecutive: one pass over the voxels
-            # fills dense per-id tables (no sort, no index arrays).
+        if ids_are_dense(low, high, count):
+            # One pass over the voxels fills dense per-id tables (no sort, no index arrays).
             sizes, sums = _dense_node_sums(labels, np.uint64(low), high - low + 1)
             present = np.flatnonzero(sizes)
             ids = present.astype(np.uint64) + np.uint64(low)
@@ -439,9 +438,8 @@ def _dense_node_sums(
 def _count_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True, return_counts=True)``, O(n) for dense ids."""
     low, high = int(values.min()), int(values.max())
-    if high - low < 4 * values.size:
-        # Ids of a finished block are consecutive: index a dense count table by
-        # ``id - low`` instead of sorting (np.unique), O(n) instead of O(n log n).
+    if ids_are_dense(low, high, values.size):
+        # Index a dense count table by ``id - low`` instead of sorting (np.unique).
         dense = (values - values.dtype.type(low)).astype(np.intp)
         counts = np.bincount(dense, minlength=high - low + 1)
         present = np.flatnonzero(counts)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._common import ids_are_dense
+
 
 def relabel(fragments: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Map every id through ``lut``.
@@ -44,9 +46,8 @@ def relabel(fragments: np.ndarray, lut: np.ndarray) -> np.ndarray:
         return ids
     low = int(np.where(foreground, flat, np.uint64(np.iinfo(np.uint64).max)).min())
     high = int(flat.max())
-    if high - low < 4 * flat.size:
-        # Ids of one block are a narrow range (consecutive per block): a dense
-        # table over that range is a gather, O(n) instead of a binary search.
+    if ids_are_dense(low, high, flat.size):
+        # A dense table over the range is a gather, O(n) instead of a binary search.
         first = int(np.searchsorted(keys, low, side="left"))
         last = int(np.searchsorted(keys, high, side="right"))
         table = np.arange(low, high + 1, dtype=np.uint64)

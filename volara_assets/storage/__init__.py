@@ -3,7 +3,6 @@
 from volara_assets.storage.arrays import (
     ChunkCache,
     VolumeArray,
-    check_block_alignment,
     create_array,
     open_array,
 )
@@ -17,7 +16,6 @@ __all__ = [
     "GraphStore",
     "VolumeArray",
     "WorldRoi",
-    "check_block_alignment",
     "create_array",
     "load_lut",
     "lut_path",

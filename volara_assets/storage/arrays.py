@@ -22,7 +22,6 @@ from volara_assets.geometry import BlockGrid, Coord, Roi, as_coord
 __all__ = [
     "ChunkCache",
     "VolumeArray",
-    "check_block_alignment",
     "create_array",
     "open_array",
 ]
@@ -332,7 +331,8 @@ class VolumeArray:
         -----
         One zarr assignment. Chunks are written whole and atomically (temp file
         then rename), so processes writing disjoint sets of chunks are safe;
-        two writers of one chunk are not (see :func:`check_block_alignment`).
+        two writers of one chunk are not: outputs are created with one chunk per
+        block (:meth:`BlockGrid.chunk_shape`).
         """
         if self._mode == "r":
             raise PermissionError(f"{self._path}: opened read-only (mode='r'); use mode='r+'")
@@ -741,16 +741,3 @@ def _verified(array: VolumeArray, expected: dict[str, Any]) -> VolumeArray:
                 "delete it, pass overwrite=True or choose another path"
             )
     return array
-
-
-def check_block_alignment(array: VolumeArray, grid: BlockGrid) -> None:
-    """Raise ``ValueError`` if the grid's blocks split the array's chunks.
-
-    Parameters
-    ----------
-    array : VolumeArray
-        An array that blocks of ``grid`` will write.
-    grid : BlockGrid
-        The block grid.
-    """
-    grid.check_chunks(array.spatial_chunks, array.path)

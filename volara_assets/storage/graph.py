@@ -296,27 +296,55 @@ class GraphStore:
         with self._read() as conn:
             inspector = sa.inspect(conn)
             for table in (self.nodes, self.edges):
-                found = [c["name"] for c in inspector.get_columns(table.name)]
-                expected = [c.name for c in table.columns]
-                found_lower = {f.lower() for f in found}
-                expected_lower = {e.lower() for e in expected}
-                for name in expected:
-                    if name.lower() not in found_lower:
-                        raise ValueError(
-                            f"table {table.name!r} exists without column {name!r}; "
-                            f"found columns {found}. Use another prefix or drop the tables."
-                        )
-                for name in found:
-                    if name.lower() not in expected_lower:
-                        raise ValueError(
-                            f"table {table.name!r} has column {name!r} that is not configured; "
-                            f"expected columns {expected}. Use another prefix or drop the tables."
-                        )
+                problem = _column_mismatch(inspector, table)
+                if problem is not None:
+                    raise ValueError(f"{problem}. Use another prefix or drop the tables.")
         self._created = True
 
     def _ensure_created(self) -> None:
         if not self._created:
             self.create()
+
+    def drop_mismatched(self, tables: Sequence[str] = ("nodes", "edges")) -> list[str]:
+        """Drop those of ``tables`` (``"nodes"``, ``"edges"``) stored with other columns.
+
+        For a step about to rewrite every block of a table anyway, e.g. edges
+        made with other score names. Returns the names of the dropped tables.
+        """
+        dropped = []
+        with self._write() as conn:
+            inspector = sa.inspect(conn)
+            for which in tables:
+                table = self._table(which)
+                if inspector.has_table(table.name) and _column_mismatch(inspector, table):
+                    table.drop(conn)
+                    dropped.append(table.name)
+        if dropped:
+            self._created = False
+        return dropped
+
+    def stored_attrs(self) -> tuple[dict[str, str], dict[str, str]] | None:
+        """``(node_attrs, edge_attrs)`` of the stored tables, or ``None`` without a node table.
+
+        Attribute types are read back as ``"float"``, ``"int"``, ``"bool"`` or ``"str"``.
+        """
+        with self._read() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(self.nodes.name):
+                return None
+            found = []
+            for table, fixed in ((self.nodes, _NODE_COLUMNS), (self.edges, _EDGE_COLUMNS)):
+                stored = inspector.has_table(table.name)
+                columns = inspector.get_columns(table.name) if stored else []
+                found.append(
+                    {c["name"]: _kind(c["type"]) for c in columns if c["name"] not in fixed}
+                )
+        return found[0], found[1]
+
+    def _table(self, which: str) -> sa.Table:
+        if which not in ("nodes", "edges"):
+            raise ValueError(f"table: expected 'nodes' or 'edges', got {which!r}")
+        return self.nodes if which == "nodes" else self.edges
 
     def drop(self) -> None:
         """Drop both tables (if present)."""
@@ -594,6 +622,55 @@ class GraphStore:
         with self._read() as conn:
             stmt = sa.select(sa.func.count()).select_from(self.edges)
             return int(conn.execute(stmt).scalar_one())
+
+    def rows_per_block(self, table: str, blocks: Sequence[int]) -> dict[int, int]:
+        """Rows of ``table`` (``"nodes"`` or ``"edges"``) of each of ``blocks`` (0 if none).
+
+        One grouped query over the range of ``blocks``, whatever their number.
+        """
+        t = self._table(table)
+        counts = {int(b): 0 for b in blocks}
+        if not counts:
+            return counts
+        stmt = (
+            sa.select(t.c.block, sa.func.count())
+            .where(t.c.block.between(min(counts), max(counts)))
+            .group_by(t.c.block)
+        )
+        with self._read() as conn:
+            for block, n in conn.execute(stmt):
+                if int(block) in counts:
+                    counts[int(block)] = int(n)
+        return counts
+
+
+def _kind(column_type: sa.types.TypeEngine) -> str:
+    """The attribute type name (see ``ATTR_TYPES``) of a stored column's SQL type."""
+    if isinstance(column_type, sa.Boolean):
+        return "bool"
+    if isinstance(column_type, sa.Integer):
+        return "int"
+    if isinstance(column_type, sa.Float | sa.Numeric):
+        return "float"
+    return "str"
+
+
+def _column_mismatch(inspector: Any, table: sa.Table) -> str | None:
+    """Why the stored ``table`` differs from its configured columns (``None``: it matches)."""
+    found = [c["name"] for c in inspector.get_columns(table.name)]
+    expected = [c.name for c in table.columns]
+    found_lower = {f.lower() for f in found}
+    expected_lower = {e.lower() for e in expected}
+    for name in expected:
+        if name.lower() not in found_lower:
+            return f"table {table.name!r} exists without column {name!r}; found columns {found}"
+    for name in found:
+        if name.lower() not in expected_lower:
+            return (
+                f"table {table.name!r} has column {name!r} that is not configured; "
+                f"expected columns {expected}"
+            )
+    return None
 
 
 def _ids_to_sql(ids: np.ndarray, what: str) -> list[int]:

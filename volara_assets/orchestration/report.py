@@ -1,6 +1,6 @@
 """Command-line helpers around a pipeline: its partition range and a run summary.
 
-``python -m volara_assets.report range PIPELINE.yaml`` prints ``FIRST...LAST`` for
+``python -m volara_assets.orchestration.report range PIPELINE.yaml`` prints ``FIRST...LAST`` for
 ``dagster asset materialize --partition-range``; ``summary`` prints blocks,
 fragments, edges, segments, VOI/ARE against the ground truth (when configured)
 and the seconds each step took in the latest runs of the Dagster instance.
@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .config import PipelineConfig
-from .ops.metrics import evaluate
-from .pipeline import Pipeline
+from ..config import PipelineConfig
+from ..ops.metrics import evaluate
+from ..runtime.bound import BoundPipeline
 
 
 def partition_range(config: PipelineConfig) -> str:
-    keys = Pipeline(config).grid.partition_keys
+    keys = BoundPipeline(config).grid.partition_keys
     return f"{keys[0]}...{keys[-1]}"
 
 
@@ -45,7 +45,7 @@ def step_seconds(pipeline_name: str, runs: int = 20) -> dict[str, float]:
 
 
 def summary(config: PipelineConfig) -> dict[str, Any]:
-    pipeline = Pipeline(config)
+    pipeline = BoundPipeline(config)
     store = pipeline.graph.store()
     out: dict[str, Any] = {
         "blocks": pipeline.grid.num_blocks,
@@ -62,7 +62,7 @@ def summary(config: PipelineConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m volara_assets.report")
+    parser = argparse.ArgumentParser(prog="python -m volara_assets.orchestration.report")
     parser.add_argument("command", choices=["range", "summary"])
     parser.add_argument("pipeline", help="pipeline YAML file")
     args = parser.parse_args(argv)

@@ -17,15 +17,10 @@ direct dependants of the changed affinities are stale; each later step turns
 stale when the step before it rematerialized.
 """
 
-import hashlib
-import itertools
-import json
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import zarr
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -62,136 +57,19 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from .config import PipelineConfig
-from .geometry import BlockGrid, Roi
+from ..config import PipelineConfig
+from ..geometry import BlockGrid
+from ..storage.fingerprints import array_exists, input_state, partition_data_versions
 
 __all__ = [
-    "VersionMode",
     "build_affinities_asset",
     "build_automation_sensor",
     "build_input_sensor",
     "build_observe_job",
     "build_observe_schedule",
-    "input_state",
-    "partition_data_versions",
     "pipeline_automation_conditions",
     "ranged_run_requests",
 ]
-
-VersionMode = Literal["stat", "content"]
-#: Stands for a chunk that was never written (zarr reads its fill value).
-_ABSENT = "-"
-
-
-def _stored_chunk_shape(array: zarr.Array) -> tuple[int, ...]:
-    """Shape of the objects zarr stores as files: the shard if sharded, else the chunk."""
-    shards = getattr(array, "shards", None)
-    return tuple(int(s) for s in (shards or array.chunks))
-
-
-def _chunk_ranges(roi: Roi, spatial_chunks: tuple[int, ...], spatial_shape) -> list[range] | None:
-    inside = roi.intersect(Roi((0, 0, 0), tuple(spatial_shape)))
-    if inside.empty:
-        return None
-    return [
-        range(b // c, (e - 1) // c + 1)
-        for b, e, c in zip(inside.begin, inside.end, spatial_chunks, strict=True)
-    ]
-
-
-def partition_data_versions(
-    path: str | Path, grid: BlockGrid, mode: VersionMode = "stat"
-) -> dict[str, str]:
-    """A data version per partition from the chunk files its blocks read.
-
-    A partition reads the read ROIs (write ROI plus context) of its blocks; its
-    version is a hash over the array's ``zarr.json`` and, for every stored chunk
-    file under those ROIs, its key and a fingerprint. Two fingerprints exist:
-
-    ``"stat"`` (the default, what the sensor and the observation use)
-        file size and modification time in nanoseconds. Observing costs one
-        ``stat`` per chunk, never reading voxel data, so re-observing a
-        terabyte volume on a schedule takes seconds. A chunk rewritten with
-        identical bytes counts as changed: a needless recomputation, never a
-        missed one. It assumes a POSIX filesystem that updates mtimes, as a
-        local or network mount does.
-    ``"content"``
-        SHA-256 of the chunk file bytes: exact, but reads the whole volume on
-        every observation; for small volumes or audits.
-
-    Parameters
-    ----------
-    path : str or Path
-        Directory of a zarr (v2 or v3) array whose trailing three axes are the
-        grid's spatial axes.
-    grid : BlockGrid
-        The block grid; partition keys come from it.
-    mode : {"stat", "content"}
-
-    Returns
-    -------
-    dict
-        Partition key -> 32-hex-digit version. A change confined to one chunk
-        changes exactly the partitions whose read ROI covers that chunk.
-    """
-    root = Path(path)
-    array = zarr.open_array(store=str(root), mode="r")
-    chunks = _stored_chunk_shape(array)
-    channel_dims = len(chunks) - 3
-    spatial_chunks = chunks[channel_dims:]
-    channel_grid = [
-        range(-(-int(s) // c))
-        for s, c in zip(array.shape[:channel_dims], chunks[:channel_dims], strict=True)
-    ]
-    meta_file = root / ("zarr.json" if array.metadata.zarr_format == 3 else ".zarray")
-    meta = hashlib.sha256(meta_file.read_bytes()).hexdigest() if meta_file.exists() else ""
-    if array.metadata.zarr_format == 2:
-        attrs_file = root / ".zattrs"
-        if attrs_file.exists():
-            meta += hashlib.sha256(attrs_file.read_bytes()).hexdigest()
-    encode = array.metadata.encode_chunk_key
-    fingerprints: dict[tuple[int, ...], str] = {}
-
-    def fingerprint(coords: tuple[int, ...]) -> str:
-        found = fingerprints.get(coords)
-        if found is None:
-            file = root / encode(coords)
-            try:
-                if mode == "content":
-                    found = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-                else:
-                    st = file.stat()
-                    found = f"{st.st_size}:{st.st_mtime_ns}"
-            except FileNotFoundError:
-                found = _ABSENT
-            fingerprints[coords] = found
-        return found
-
-    versions: dict[str, str] = {}
-    for key in grid.partition_keys:
-        coords: set[tuple[int, ...]] = set()
-        for block in grid.partition_blocks(key):
-            ranges = _chunk_ranges(block.read_roi, spatial_chunks, grid.shape)
-            if ranges is None:
-                continue
-            coords.update(itertools.product(*channel_grid, *ranges))
-        digest = hashlib.sha256(meta.encode())
-        for c in sorted(coords):
-            digest.update(f"{'.'.join(map(str, c))}={fingerprint(c)};".encode())
-        versions[key] = digest.hexdigest()[:32]
-    return versions
-
-
-def input_state(versions: Mapping[str, str]) -> str:
-    """One hash of every partition's version: the input sensor's cursor."""
-    text = json.dumps(sorted(versions.items()), separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _affinities_exist(path: str) -> bool:
-    root = Path(path)
-    return (root / "zarr.json").is_file() or (root / ".zarray").is_file()
-
 
 # -- the observable input -------------------------------------------------------------
 
@@ -266,7 +144,7 @@ def build_input_sensor(config: PipelineConfig, key: AssetKey, grid: BlockGrid) -
         description=f"Observes {path} when it appears or changes (per-block data versions).",
     )
     def input_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        if not _affinities_exist(path):
+        if not array_exists(path):
             return SkipReason(f"no affinities at {path} yet")
         versions = partition_data_versions(path, grid)
         state = input_state(versions)
@@ -314,7 +192,7 @@ def build_observe_schedule(config: PipelineConfig, job: JobDefinition) -> Schedu
         description=f"Re-observe {config.affinities} on '{auto.observe_cron}'.",
     )
     def observe_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
-        if not _affinities_exist(config.affinities):
+        if not array_exists(config.affinities):
             return SkipReason(f"no affinities at {config.affinities}")
         return RunRequest(tags={"volara/trigger": "observe_schedule"})
 

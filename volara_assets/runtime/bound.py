@@ -6,15 +6,19 @@ from functools import cached_property
 
 import numpy as np
 
-from .config import PipelineConfig
-from .geometry import BlockGrid
-from .storage.arrays import VolumeArray, create_array, open_array
-from .storage.handles import ArrayHandle, GraphHandle, LutHandle
+from ..config import PipelineConfig
+from ..geometry import BlockGrid
+from ..storage.arrays import VolumeArray, create_array, open_array
+from ..storage.handles import ArrayHandle, GraphHandle, LutHandle
 
 FRAGMENT_DTYPE = np.dtype(np.uint64)
+#: Bound pipelines of this process, by config JSON (see :func:`bound_pipeline`).
+_BOUND: dict[str, BoundPipeline] = {}
+#: At most this many are kept: a long-lived process serving edited configs must not grow.
+_BOUND_LIMIT = 32
 
 
-class Pipeline:
+class BoundPipeline:
     """``config`` with its inputs opened and checked.
 
     Construction fails, before anything is written, when an input is missing or
@@ -104,3 +108,21 @@ class Pipeline:
             axis_names=tuple(affs.axis_names[-3:]),
             units=tuple(affs.units),
         )
+
+
+def bound_pipeline(config: PipelineConfig | str) -> BoundPipeline:
+    """The process's one ``BoundPipeline`` for ``config`` (a model or its JSON).
+
+    The asset factory, the IO managers and the checks of a pipeline all get the
+    same object, so inputs are opened and checked once per process. A config
+    that differs in any field is another pipeline.
+    """
+    key = config if isinstance(config, str) else config.model_dump_json()
+    found = _BOUND.get(key)
+    if found is None:
+        model = PipelineConfig.model_validate_json(key) if isinstance(config, str) else config
+        found = BoundPipeline(model)
+        if len(_BOUND) >= _BOUND_LIMIT:
+            _BOUND.pop(next(iter(_BOUND)))
+        _BOUND[key] = found
+    return found

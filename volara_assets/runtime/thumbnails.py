@@ -1,27 +1,23 @@
-"""Small pictures for the Dagster UI: label slices and histograms as PNG, as Markdown metadata.
+"""Small pictures of results as PNG bytes: label slices coloured by id, histograms.
 
-The Dagster UI renders ``MetadataValue.md`` with images from ``data:`` URIs in
-the metadata panel of a materialization, so a picture travels inside the event
-log and needs no file server. PNGs are encoded here with ``zlib`` (no imaging
-dependency) and kept small: a few KB per partition.
+PNGs are encoded here with ``zlib`` (no imaging dependency) and kept small, a
+few KB each, because the Dagster layer embeds them in event metadata
+(:mod:`volara_assets.orchestration.metadata`).
 """
 
 from __future__ import annotations
 
-import base64
 import struct
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from dagster import MetadataValue
 
 __all__ = [
     "encode_png",
     "histogram_image",
     "label_colors",
     "label_slice_image",
-    "markdown_image",
 ]
 
 #: Thumbnails are at most this many pixels along their longer side.
@@ -161,12 +157,3 @@ def histogram_image(
             image[top : height - 1, i * bar : (i + 1) * bar - 1] = (40, 70, 140)
     image[height - 1, :] = 0  # the x axis
     return encode_png(image)
-
-
-def markdown_image(png: bytes, alt: str, caption: str | None = None) -> MetadataValue:
-    """Markdown metadata showing ``png`` inline (a ``data:`` URI), with an optional caption."""
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    text = f"![{alt}]({uri})"
-    if caption:
-        text += f"\n\n{caption}"
-    return MetadataValue.md(text)

@@ -11,30 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import PipelineConfig
-from .geometry import Block, BlockGrid
-from .ops.edges import edge_scores
-from .ops.fragments import extract_fragments, finish_block, fragment_nodes
-from .ops.relabel import relabel
-from .storage.handles import ArrayHandle, GraphHandle, LutHandle
+from ..config import PipelineConfig
+from ..geometry import Block, BlockGrid
+from ..ops.edges import edge_scores
+from ..ops.fragments import extract_fragments, finish_block, fragment_nodes, label_counts
+from ..ops.relabel import relabel
+from ..storage.handles import ArrayHandle, GraphHandle, LutHandle
 
 
 def _count_segments(fragments: np.ndarray, lut: np.ndarray) -> int:
-    """Distinct non-zero segments in a block: relabel its distinct fragments, not its voxels.
-
-    A block's fragment ids are a narrow range, so the distinct ids come from a
-    count table (O(voxels)) and only those few go through the LUT.
-    """
-    flat = fragments.reshape(-1)
-    foreground = flat[flat != 0]
-    if foreground.size == 0:
-        return 0
-    low = foreground.min()
-    if int(foreground.max()) - int(low) < 4 * foreground.size:
-        present = np.flatnonzero(np.bincount((foreground - low).astype(np.intp)))
-        ids = present.astype(np.uint64) + low
-    else:
-        ids = np.unique(foreground)
+    """Distinct non-zero segments in a block: relabel its distinct fragments, not its voxels."""
+    ids, _ = label_counts(fragments)
     segments = relabel(ids, lut)
     return int(np.unique(segments[segments != 0]).size)
 

@@ -1,10 +1,8 @@
-"""Asset checks: fragment ids, nodes against the array, LUT coverage, segments, evaluation.
+"""Verification of what the pipeline wrote: fragment ids, nodes, LUT coverage, segments, VOI/ARE.
 
-The integrity checks are asset check definitions (``build_pipeline_checks``):
-they run in the same run as the asset they check (Dagster adds a materialized
-asset's checks to the run) and read the store directly. ``evaluation`` is a
-check spec of the ``segments`` step, computed at its end by
-:func:`check_evaluation`.
+Each check returns a :class:`Verdict` (plain values, no Dagster); the Dagster
+layer (:mod:`volara_assets.orchestration.checks`) turns verdicts into asset
+check results.
 
 Cost and scope
 --------------
@@ -25,68 +23,32 @@ Cost and scope
 
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetChecksDefinition,
-    AssetCheckSeverity,
-    AssetKey,
-    MetadataValue,
-    asset_check,
-)
 
-from .geometry import Block, BlockGrid
-from .ops.fragments import label_counts
-from .ops.metrics import evaluate
-from .ops.relabel import relabel
-from .pipeline import Pipeline
+from ..geometry import Block, BlockGrid
+from ..ops.fragments import label_counts
+from ..ops.metrics import evaluate
+from ..ops.relabel import relabel
+from .bound import BoundPipeline
 
 __all__ = [
-    "build_pipeline_checks",
+    "Verdict",
     "check_evaluation",
     "check_fragment_ids",
     "check_lut_covers_fragments",
     "check_nodes_match_fragments",
     "check_segments_match_lut",
-    "run_partition_keys",
-    "run_phase",
 ]
 
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 #: At most this many problems are listed in a failed check's metadata.
 SHOWN = 20
 
 
-def run_partition_keys(tags: dict[str, str], grid: BlockGrid) -> list[str]:
-    """The partitions a run covers, from its tags; every partition if it has none.
-
-    Parameters
-    ----------
-    tags : dict
-        The run's tags (``dagster/partition`` or the partition range tags).
-    grid : BlockGrid
-
-    Returns
-    -------
-    list of str
-        Partition keys in grid order.
-    """
-    keys = grid.partition_keys
-    if PARTITION_TAG in tags and tags[PARTITION_TAG] in keys:
-        return [tags[PARTITION_TAG]]
-    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
-    if start in keys and end in keys:
-        return keys[keys.index(start) : keys.index(end) + 1]
-    return list(keys)
-
-
 def _blocks(
-    pipeline: Pipeline, partition_keys: Sequence[str], phase: float
+    pipeline: BoundPipeline, partition_keys: Sequence[str], phase: float
 ) -> tuple[list[Block], int]:
     """The blocks to check (sampled) and how many blocks the partitions hold."""
     grid = pipeline.grid
@@ -108,11 +70,6 @@ def _evenly(blocks: Sequence[Block], limit: int, phase: float = 0.0) -> list[Blo
     return [blocks[int(i)] for i in np.unique(np.clip(picks, 0, len(blocks) - 1))]
 
 
-def run_phase(run_id: str) -> float:
-    """A number in [0, 1) fixed by the run id: where this run's check samples fall."""
-    return int(run_id.replace("-", "")[:8] or "0", 16) / 2**32
-
-
 def _scope(grid: BlockGrid, blocks: Sequence[Block], in_run: int) -> dict[str, Any]:
     if in_run == grid.num_blocks:
         scope = "every block" if len(blocks) == in_run else "sampled blocks of the volume"
@@ -126,18 +83,35 @@ def _scope(grid: BlockGrid, blocks: Sequence[Block], in_run: int) -> dict[str, A
     }
 
 
-def _result(passed: bool, metadata: dict[str, Any], problems: list[str]) -> AssetCheckResult:
-    if problems:
-        metadata["problems"] = MetadataValue.md(
-            "\n".join(f"- {p}" for p in problems[:SHOWN])
-            + (f"\n- ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
-        )
-    return AssetCheckResult(passed=passed, metadata=metadata)
+@dataclass
+class Verdict:
+    """The outcome of one check.
+
+    ``metadata`` holds plain numbers and strings; ``problems`` lists what failed
+    (at most :data:`SHOWN` are meant to be shown); ``warn_only`` marks a check
+    whose failure is a warning (the evaluation), not an error.
+    """
+
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    warn_only: bool = False
+    description: str | None = None
+
+    def problems_markdown(self) -> str:
+        """The problems as a Markdown list, cut at :data:`SHOWN` entries."""
+        shown = "\n".join(f"- {p}" for p in self.problems[:SHOWN])
+        more = len(self.problems) - SHOWN
+        return shown + (f"\n- ... and {more} more" if more > 0 else "")
+
+
+def _result(passed: bool, metadata: dict[str, Any], problems: list[str]) -> Verdict:
+    return Verdict(passed=passed, metadata=metadata, problems=problems)
 
 
 def check_fragment_ids(
-    pipeline: Pipeline, partition_keys: Sequence[str], phase: float = 0.0
-) -> AssetCheckResult:
+    pipeline: BoundPipeline, partition_keys: Sequence[str], phase: float = 0.0
+) -> Verdict:
     """Fragment ids are unique across blocks.
 
     Block ``i`` owns the id range ``base(i) + 1 .. base(i) + voxels_per_block``;
@@ -175,8 +149,8 @@ def check_fragment_ids(
 
 
 def check_nodes_match_fragments(
-    pipeline: Pipeline, partition_keys: Sequence[str], phase: float = 0.0
-) -> AssetCheckResult:
+    pipeline: BoundPipeline, partition_keys: Sequence[str], phase: float = 0.0
+) -> Verdict:
     """Per block, the SQL nodes and the array's fragments have the same ids and voxel counts."""
     grid = pipeline.grid
     store = pipeline.graph.store()
@@ -202,7 +176,7 @@ def check_nodes_match_fragments(
     return _result(not problems, metadata, problems)
 
 
-def check_lut_covers_fragments(pipeline: Pipeline) -> AssetCheckResult:
+def check_lut_covers_fragments(pipeline: BoundPipeline) -> Verdict:
     """Every fragment (SQL node) appears exactly once in the LUT's fragment row."""
     lut = pipeline.lut.load() if pipeline.lut is not None else np.zeros((2, 0), np.uint64)
     nodes = pipeline.graph.store().read_node_ids()
@@ -230,8 +204,8 @@ def check_lut_covers_fragments(pipeline: Pipeline) -> AssetCheckResult:
 
 
 def check_segments_match_lut(
-    pipeline: Pipeline, partition_keys: Sequence[str], phase: float = 0.0
-) -> AssetCheckResult:
+    pipeline: BoundPipeline, partition_keys: Sequence[str], phase: float = 0.0
+) -> Verdict:
     """Per block, every voxel's segment id is the LUT's segment for its fragment."""
     grid = pipeline.grid
     pipeline.config.require("segments_array")
@@ -257,8 +231,8 @@ def _sample(grid: BlockGrid, limit: int) -> list[Block]:
 
 
 def check_evaluation(
-    pipeline: Pipeline, warn_voi: float, warn_are: float, sample_blocks: int
-) -> AssetCheckResult:
+    pipeline: BoundPipeline, warn_voi: float, warn_are: float, sample_blocks: int
+) -> Verdict:
     """VOI (split + merge) and ARE of the segments against the ground truth.
 
     Sampled: at most ``sample_blocks`` evenly spaced blocks are read (all when
@@ -279,86 +253,21 @@ def check_evaluation(
     voi = float(scores["voi_split"] + scores["voi_merge"])
     are = float(scores["are"])
     passed = bool(voi <= warn_voi and are <= warn_are)
-    metadata: dict[str, Any] = {k: MetadataValue.float(float(v)) for k, v in scores.items()}
+    metadata: dict[str, Any] = {k: float(v) for k, v in scores.items()}
     metadata.update(
         {
-            "warn_voi": MetadataValue.float(warn_voi),
-            "warn_are": MetadataValue.float(warn_are),
+            "warn_voi": float(warn_voi),
+            "warn_are": float(warn_are),
             "blocks_evaluated": len(blocks),
             "blocks_total": grid.num_blocks,
             "scope": "whole volume" if len(blocks) == grid.num_blocks else "sampled blocks",
         }
     )
-    return AssetCheckResult(
+    return Verdict(
         passed=passed,
-        severity=AssetCheckSeverity.WARN,
+        warn_only=True,
         metadata=metadata,
         description=None
         if passed
         else f"VOI {voi:.3f} (warn {warn_voi}), ARE {are:.3f} (warn {warn_are})",
     )
-
-
-def build_pipeline_checks(pipeline: Pipeline) -> list[AssetChecksDefinition]:
-    """The asset checks of one pipeline (what the config's outputs allow)."""
-    config = pipeline.config
-    grid = pipeline.grid
-    name = config.name
-
-    def key(asset: str) -> AssetKey:
-        return AssetKey([name, asset])
-
-    def keys_of(context: AssetCheckExecutionContext) -> list[str]:
-        return run_partition_keys(dict(context.run.tags), grid)
-
-    def phase_of(context: AssetCheckExecutionContext) -> float:
-        return run_phase(context.run.run_id)
-
-    @asset_check(
-        asset=key("fragments"),
-        name="fragment_ids_unique",
-        blocking=True,
-        description="Fragment ids are unique across blocks: each block uses only its own id "
-        "range, in the array and in SQL. Blocks of the run's partitions (at most "
-        "check_sample_blocks, spread out).",
-    )
-    def fragment_ids_unique(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        return check_fragment_ids(pipeline, keys_of(context), phase_of(context))
-
-    @asset_check(
-        asset=key("fragment_nodes"),
-        name="nodes_match_fragments",
-        blocking=True,
-        description="Per block, SQL nodes and array fragments have the same ids and sizes. "
-        "Blocks of the run's partitions (at most check_sample_blocks, spread out).",
-    )
-    def nodes_match_fragments(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        return check_nodes_match_fragments(pipeline, keys_of(context), phase_of(context))
-
-    checks = [fragment_ids_unique, nodes_match_fragments]
-    if config.lut_path is not None:
-
-        @asset_check(
-            asset=key("lut"),
-            name="lut_covers_fragments",
-            blocking=True,
-            description="Every fragment (SQL node) is in the LUT exactly once. Full.",
-        )
-        def lut_covers_fragments(context: AssetCheckExecutionContext) -> AssetCheckResult:
-            return check_lut_covers_fragments(pipeline)
-
-        checks.append(lut_covers_fragments)
-    if config.lut_path is not None and config.segments_array is not None:
-
-        @asset_check(
-            asset=key("segments"),
-            name="segments_match_lut",
-            blocking=True,
-            description="Every segment id is the LUT's segment of the voxel's fragment. "
-            "Blocks of the run's partitions (at most check_sample_blocks, spread out).",
-        )
-        def segments_match_lut(context: AssetCheckExecutionContext) -> AssetCheckResult:
-            return check_segments_match_lut(pipeline, keys_of(context), phase_of(context))
-
-        checks.append(segments_match_lut)
-    return checks

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ExecutorConfig
+from ..config import ExecutorConfig
 
 
 @dataclass
@@ -52,7 +52,7 @@ def _start(config: ExecutorConfig) -> tuple[Executor, Callable[[], None]]:
     """A new executor for ``config`` and the function that shuts it down."""
     if config.kind == "processes":
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["volara_assets.blocks"])
+        ctx.set_forkserver_preload(["volara_assets.runtime.jobs"])
         pool = ProcessPoolExecutor(config.num_workers, mp_context=ctx)
         return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
     if config.kind == "dask":

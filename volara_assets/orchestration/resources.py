@@ -10,8 +10,8 @@ from typing import Literal
 
 from dagster import ConfigurableResource
 
-from .config import ExecutorConfig
-from .executors import open_executor
+from ..config import ExecutorConfig
+from ..runtime.executors import open_executor
 
 
 def _default_kind() -> Literal["serial", "processes", "dask"]:

@@ -1,0 +1,332 @@
+"""The asset factory: one pipeline config becomes block-partitioned Dagster assets.
+
+Asset graph (keys under the pipeline's name)::
+
+    affinities --> fragments, fragment_nodes --halo--> edges --> lut --> segments
+         \\___________________________________________/            fragments --/
+
+Every partitioned asset shares one ``StaticPartitionsDefinition`` whose keys are
+the block grid's partitions; reads with a halo declare it with a
+``StaticPartitionMapping`` (serialized, so the UI and daemon see it).
+
+The ``affinities`` partition of a block stands for everything the block reads,
+its read ROI (write ROI plus context): its observed data version fingerprints
+exactly those chunks (:mod:`volara_assets.orchestration.automation`). So ``fragments`` and
+``edges`` depend on it one to one, and a changed region makes stale exactly the
+fragments whose read ROI touches it, the edges that read those fragments (halo),
+the LUT and the segments.
+
+Data versions and provenance. Steps cover many partitions in one run
+(``BackfillPolicy.single_run``); Dagster then writes the same provenance tags on
+every partition of the run (one data version per asset and run, since the assets
+have no ``code_version``). Staleness is still per partition: for a partitioned
+dependency Dagster compares, partition by partition, the dependency's latest
+data version before and after the storage id recorded in the provenance. A
+``code_version`` would break this: the data version would become a hash of the
+code version and of the inputs' versions, and Dagster hashes observed
+(source) partitions as empty, so a rematerialized ``fragments`` partition would
+keep its version and its ``edges`` would never turn stale. The LUT, one file,
+reports a content hash as its data version: an identical LUT leaves the
+segments fresh.
+"""
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    AssetsDefinition,
+    BackfillPolicy,
+    DataVersion,
+    MetadataValue,
+    Output,
+    StaticPartitionMapping,
+    StaticPartitionsDefinition,
+    asset,
+    multi_asset,
+)
+
+from ..config import PipelineConfig
+from ..ops.agglomerate import agglomerate
+from ..runtime.bound import BoundPipeline, bound_pipeline
+from ..runtime.jobs import EdgesJob, FragmentsJob, SegmentsJob
+from ..storage.handles import ArrayHandle, LutHandle
+from ..tables import EdgeTable, NodeTable
+from .automation import (
+    build_affinities_asset,
+    build_automation_sensor,
+    build_input_sensor,
+    build_observe_job,
+    build_observe_schedule,
+    pipeline_automation_conditions,
+)
+from .checks import build_pipeline_checks, evaluation_result
+from .io_managers import LutIOManager, SqlIOManager, ZarrIOManager
+from .metadata import lut_metadata
+from .resources import BlockExecutor
+from .steps import materialize_blocks
+
+__all__ = ["AssetsDefinition", "PipelineAssets", "build_pipeline_assets"]
+
+
+@dataclass
+class PipelineAssets:
+    """What one pipeline contributes to ``Definitions``."""
+
+    config: PipelineConfig
+    pipeline: BoundPipeline
+    partitions: StaticPartitionsDefinition
+    assets: list[Any]
+    asset_checks: list[Any] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    sensors: list[Any] = field(default_factory=list)
+    schedules: list[Any] = field(default_factory=list)
+    jobs: list[Any] = field(default_factory=list)
+
+    def key(self, name: str) -> AssetKey:
+        return AssetKey([self.config.name, name])
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """What every asset of one pipeline shares: names, partitions, IO managers."""
+
+    pipeline: BoundPipeline
+    partitions: StaticPartitionsDefinition
+    zarr: ZarrIOManager
+    sql: SqlIOManager
+    lut: LutIOManager
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.pipeline.config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def key(self, asset_name: str) -> AssetKey:
+        return AssetKey([self.name, asset_name])
+
+    def io_key(self, kind: str) -> str:
+        """The resource key of the pipeline's ``zarr``, ``sql`` or ``lut`` IO manager."""
+        return f"{self.name}__{kind}_io"
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        return {
+            self.io_key("zarr"): self.zarr,
+            self.io_key("sql"): self.sql,
+            self.io_key("lut"): self.lut,
+        }
+
+
+def _fragments_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
+    key, grid = w.key, w.pipeline.grid
+
+    @multi_asset(
+        name=f"{w.name}__fragments",
+        outs={
+            "fragments": AssetOut(
+                key=key("fragments"),
+                io_manager_key=w.io_key("zarr"),
+                description="Fragment ids (uint64 zarr), unique across blocks.",
+                automation_condition=automation["fragments"],
+            ),
+            "fragment_nodes": AssetOut(
+                key=key("fragment_nodes"),
+                io_manager_key=w.io_key("sql"),
+                description="One SQL node per fragment: world centroid and voxel count.",
+                automation_condition=automation["fragment_nodes"],
+            ),
+        },
+        # One to one: the affinities partition is the block's read ROI (see module doc).
+        ins={"affinities": AssetIn(key("affinities"))},
+        partitions_def=w.partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=w.name,
+        required_resource_keys={"block_executor", w.io_key("zarr"), w.io_key("sql")},
+    )
+    def fragments(context: AssetExecutionContext, affinities: ArrayHandle):
+        zarr_io = getattr(context.resources, w.io_key("zarr"))
+        sql_io = getattr(context.resources, w.io_key("sql"))
+        job = FragmentsJob(
+            w.config,
+            grid,
+            affinities,
+            zarr_io.writer("fragments"),
+            sql_io.writer("fragment_nodes"),
+            mask=w.pipeline.mask,
+        )
+        yield from materialize_blocks(
+            context,
+            grid,
+            job,
+            {"fragments": key("fragments"), "fragment_nodes": key("fragment_nodes")},
+            {"fragments": zarr_io, "fragment_nodes": sql_io},
+            ("fragments", "voxels"),
+        )
+
+    return fragments
+
+
+def _edges_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
+    key, grid = w.key, w.pipeline.grid
+    halo = StaticPartitionMapping(grid.partition_halo_mapping())
+
+    @asset(
+        key=key("edges"),
+        ins={
+            "fragments": AssetIn(key("fragments"), partition_mapping=halo),
+            "affinities": AssetIn(key("affinities")),
+        },
+        deps=[key("fragment_nodes")],
+        io_manager_key=w.io_key("sql"),
+        partitions_def=w.partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=w.name,
+        required_resource_keys={"block_executor", w.io_key("sql")},
+        automation_condition=automation["edges"],
+        description="One SQL edge per touching fragment pair, a mean affinity per score group.",
+    )
+    def edges(context: AssetExecutionContext, fragments: ArrayHandle, affinities: ArrayHandle):
+        sql_io = getattr(context.resources, w.io_key("sql"))
+        job = EdgesJob(w.config, grid, affinities, fragments, sql_io.writer("edges"))
+        yield from materialize_blocks(
+            context, grid, job, {"result": key("edges")}, {"result": sql_io}, ("edges", "voxels")
+        )
+
+    return edges
+
+
+def _lut_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
+    @asset(
+        key=w.key("lut"),
+        ins={
+            "fragment_nodes": AssetIn(w.key("fragment_nodes")),
+            "edges": AssetIn(w.key("edges")),
+        },
+        io_manager_key=w.io_key("lut"),
+        # Lets one CLI call with --partition-range run the whole pipeline.
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=w.name,
+        automation_condition=automation["lut"],
+        description="Fragment -> segment lookup table (global mutex watershed), volara .npz.",
+    )
+    def lut(context: AssetExecutionContext, fragment_nodes: NodeTable, edges: EdgeTable):
+        start = time.perf_counter()
+        params = w.config.require("lut")
+        table = agglomerate(fragment_nodes.ids, edges, params.weights, params.edge_per_attr)
+        table = np.asarray(table)
+        metadata = lut_metadata(table, fragment_nodes, edges)
+        metadata["seconds"] = MetadataValue.float(round(time.perf_counter() - start, 3))
+        context.log.info(
+            f"LUT: {metadata['fragments']} fragments, {metadata['edges']} edges -> "
+            f"{metadata['segments']} segments"
+        )
+        # Content hash: segments turn stale only if the mapping actually changed.
+        canonical = table[:, np.argsort(table[0], kind="stable")].astype(np.uint64)
+        version = hashlib.sha256(canonical.tobytes()).hexdigest()[:32]
+        return Output(table, metadata=metadata, data_version=DataVersion(version))
+
+    return lut
+
+
+def _segments_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
+    key, grid, config = w.key, w.pipeline.grid, w.config
+    check_specs = []
+    if config.ground_truth:
+        check_specs.append(AssetCheckSpec("evaluation", asset=key("segments"), blocking=False))
+
+    @multi_asset(
+        name=f"{w.name}__segments",
+        outs={
+            "segments": AssetOut(
+                key=key("segments"),
+                io_manager_key=w.io_key("zarr"),
+                description="Segment ids (uint64 zarr): fragments relabelled through the LUT.",
+                automation_condition=automation["segments"],
+            )
+        },
+        ins={"fragments": AssetIn(key("fragments")), "lut": AssetIn(key("lut"))},
+        partitions_def=w.partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=w.name,
+        required_resource_keys={"block_executor", w.io_key("zarr")},
+        check_specs=check_specs,
+    )
+    def segments(context: AssetExecutionContext, fragments: ArrayHandle, lut: LutHandle):
+        zarr_io = getattr(context.resources, w.io_key("zarr"))
+        job = SegmentsJob(grid, fragments, zarr_io.writer("segments"), lut)
+        yield from materialize_blocks(
+            context,
+            grid,
+            job,
+            {"segments": key("segments")},
+            {"segments": zarr_io},
+            ("segments", "voxels"),
+        )
+        if config.ground_truth:
+            # VOI and ARE (sampled on large volumes); see volara_assets.runtime.verify.
+            yield evaluation_result(
+                w.pipeline, config.eval_warn_voi, config.eval_warn_are, config.eval_sample_blocks
+            )
+
+    return segments
+
+
+def build_pipeline_assets(config: PipelineConfig) -> PipelineAssets:
+    """Assets, checks, sensors, schedule and resources for one pipeline.
+
+    Inputs are checked here, at load (the process's bound pipeline for ``config``).
+    """
+    pipeline = bound_pipeline(config)
+    grid = pipeline.grid
+    config_json = config.model_dump_json()
+    w = _Wiring(
+        pipeline=pipeline,
+        partitions=StaticPartitionsDefinition(grid.partition_keys),
+        zarr=ZarrIOManager(pipeline_config=config_json),
+        sql=SqlIOManager(pipeline_config=config_json),
+        lut=LutIOManager(pipeline_config=config_json),
+    )
+    automation = pipeline_automation_conditions(w.name)
+    affinities = build_affinities_asset(
+        config, w.key("affinities"), grid, w.partitions, w.io_key("zarr")
+    )
+    assets = [
+        affinities,
+        _fragments_asset(w, automation),
+        _edges_asset(w, automation),
+        _lut_asset(w, automation),
+        _segments_asset(w, automation),
+    ]
+    computed = [w.key(n) for n in ("fragments", "fragment_nodes", "edges", "lut", "segments")]
+    observe_job = build_observe_job(config, w.key("affinities"))
+    return PipelineAssets(
+        config=config,
+        pipeline=pipeline,
+        partitions=w.partitions,
+        assets=assets,
+        asset_checks=build_pipeline_checks(pipeline),
+        resources=w.resources,
+        sensors=[
+            build_input_sensor(config, w.key("affinities"), grid),
+            build_automation_sensor(
+                config,
+                assets,
+                computed,
+                grid.partition_keys,
+                {**w.resources, "block_executor": BlockExecutor()},
+            ),
+        ],
+        schedules=[build_observe_schedule(config, observe_job)],
+        jobs=[observe_job],
+    )
