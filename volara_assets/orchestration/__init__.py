@@ -1,0 +1,1 @@
+"""The Dagster layer: asset factory, IO managers, resources, automation, checks, UI metadata."""

@@ -1,0 +1,1 @@
+"""Blockwise execution without Dagster: bound pipeline, block jobs, executors, step loop, checks."""
