@@ -231,7 +231,7 @@ class GraphStore:
 
     def _make_engine(self) -> sa.Engine:
         if not self._is_sqlite:
-            return sa.create_engine(self._url)
+            return sa.create_engine(_with_driver(self._url))
         database = self._url.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -594,6 +594,17 @@ class GraphStore:
         with self._read() as conn:
             stmt = sa.select(sa.func.count()).select_from(self.edges)
             return int(conn.execute(stmt).scalar_one())
+
+
+def _with_driver(url: sa.URL) -> sa.URL:
+    """``url`` with psycopg2 as the driver of a bare ``postgresql://`` URL.
+
+    SQLAlchemy 2.1 defaults ``postgresql://`` to psycopg 3, which is not installed;
+    psycopg2 is (dagster-postgres needs it). A URL naming its driver is kept.
+    """
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg2")
+    return url
 
 
 def _ids_to_sql(ids: np.ndarray, what: str) -> list[int]:
