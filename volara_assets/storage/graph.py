@@ -34,6 +34,8 @@ ATTR_TYPES: dict[str, type[sa.types.TypeEngine]] = {
 
 _EDGE_ATTR_TYPES = ("float", "int", "bool")  # edge attrs are scores: numeric
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1 bytes).
+_MAX_IDENTIFIER = 63
 _NODE_COLUMNS = ("id", "z", "y", "x", "size", "block")
 _EDGE_COLUMNS = ("u", "v", "block")
 # "position" is reserved too: read_graph puts it on every node.
@@ -49,6 +51,11 @@ def _check_identifier(name: str, what: str, reserved: AbstractSet[str] = frozens
         raise ValueError(
             f"{what}: {name!r} is not a plain identifier (letters, digits, '_', "
             "not starting with a digit)"
+        )
+    if len(name) > _MAX_IDENTIFIER:
+        raise ValueError(
+            f"{what}: {name!r} has {len(name)} characters; at most {_MAX_IDENTIFIER} fit "
+            "an SQL identifier (PostgreSQL would truncate it)"
         )
     # SQL column names compare case-insensitively on most backends.
     if name.lower() in reserved:
@@ -150,6 +157,13 @@ class GraphStore:
     ) -> None:
         if prefix:
             _check_identifier(prefix, "prefix")
+            longest = len(prefix) + len("nodes")
+            if longest > _MAX_IDENTIFIER:
+                raise ValueError(
+                    f"prefix: {prefix!r} makes table names of {longest} characters; at most "
+                    f"{_MAX_IDENTIFIER} fit an SQL identifier (a prefix of at most "
+                    f"{_MAX_IDENTIFIER - len('nodes')} characters)"
+                )
         self.url = str(url)
         self.prefix = prefix
         self.node_attrs = _check_attrs(
@@ -339,8 +353,9 @@ class GraphStore:
         Raises
         ------
         ValueError
-            On an unknown attribute, an id >= 2**63, or an id already stored
-            by another block (the transaction is rolled back).
+            On an unknown attribute, an id >= 2**63, a position that is not
+            finite (before any write), or an id already stored by another block
+            (the transaction is rolled back).
         """
         block = int(block)
         extra = sorted(set(nodes.attrs) - set(self.node_attrs))
@@ -349,6 +364,13 @@ class GraphStore:
                 f"write_nodes: unknown node attributes {extra}; configured: {list(self.node_attrs)}"
             )
         n = len(nodes)
+        finite = np.isfinite(nodes.positions).all(axis=1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise ValueError(
+                f"write_nodes: node positions must be finite; node {int(nodes.ids[i])} of block "
+                f"{block} is at {nodes.positions[i].tolist()}"
+            )
         columns: dict[str, list[Any]] = {
             "id": _ids_to_sql(nodes.ids, "node id"),
             "z": nodes.positions[:, 0].tolist(),
