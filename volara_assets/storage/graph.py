@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -117,10 +118,13 @@ class GraphStore:
     ----------
     url : str
         Any SQLAlchemy URL, e.g. ``"sqlite:///data/demo.db"`` or
-        ``"postgresql://host/db"``. For SQLite files the parent directory is
-        created and every connection uses WAL journaling and a 60 s busy
-        timeout, and write transactions start with ``BEGIN IMMEDIATE``, so
-        concurrent writers from several processes wait rather than fail.
+        ``"postgresql://host/db"`` (psycopg2 unless the URL names a driver).
+        For SQLite files the parent directory is created and every connection
+        uses WAL journaling and a 60 s busy timeout, and write transactions
+        start with ``BEGIN IMMEDIATE``, so concurrent writers from several
+        processes wait rather than fail. On PostgreSQL a block replace takes
+        a transaction-scoped advisory lock on (table, block), so writers of
+        the same block queue and writers of other blocks run in parallel.
     node_attrs : mapping of str to str, optional
         Extra node columns, name -> type (``"float"``, ``"int"``, ``"bool"``,
         ``"str"``); nullable.
@@ -278,9 +282,32 @@ class GraphStore:
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn:
-            conn = conn.execution_options(**{_IMMEDIATE: True})
+            options: dict[str, Any] = {_IMMEDIATE: True}
+            if conn.dialect.name == "postgresql":
+                # Each statement sees what committed before it started, in
+                # particular what the previous holder of a block lock wrote
+                # (see _lock); a stricter server default would hide it.
+                options["isolation_level"] = "READ COMMITTED"
+            conn = conn.execution_options(**options)
             with conn.begin():
                 yield conn
+
+    @staticmethod
+    def _lock(conn: sa.Connection, name: str, block: int = 0) -> None:
+        """Hold a lock on (``name``, ``block``) until the transaction ends (PostgreSQL).
+
+        PostgreSQL lets two transactions delete the same block's rows at once:
+        the second waits for the first's row locks, finds the rows gone, deletes
+        nothing, then collides with the rows the first inserted (duplicate key).
+        A transaction-scoped advisory lock per table and block makes writers of
+        one block queue, while other blocks are written in parallel. SQLite
+        needs none: a write transaction there already holds the database lock.
+        """
+        if conn.dialect.name != "postgresql":
+            return
+        key = zlib.crc32(name.encode())  # stable across processes, unlike hash()
+        key -= 2**32 if key >= 2**31 else 0  # the int4 of the two-key form
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key, int(block))))
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -301,6 +328,8 @@ class GraphStore:
         for attempt in range(3):
             try:
                 with self._write() as conn:
+                    # PostgreSQL: one creator at a time (DDL is transactional there).
+                    self._lock(conn, f"create {self.nodes.name} {self.edges.name}")
                     self._metadata.create_all(conn, checkfirst=True)
                 break
             except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
@@ -424,6 +453,7 @@ class GraphStore:
         self._ensure_created()
         try:
             with self._write() as conn:
+                self._lock(conn, table.name, block)
                 conn.execute(sa.delete(table).where(table.c.block == block))
                 if n:
                     _insert_many(conn, table, columns)
@@ -437,6 +467,9 @@ class GraphStore:
         """Delete block ``block``'s nodes and edges in one transaction."""
         block = int(block)
         with self._write() as conn:
+            # Always nodes, then edges: a replace holds one of the two, so no cycle.
+            self._lock(conn, self.nodes.name, block)
+            self._lock(conn, self.edges.name, block)
             conn.execute(sa.delete(self.nodes).where(self.nodes.c.block == block))
             conn.execute(sa.delete(self.edges).where(self.edges.c.block == block))
 
