@@ -1,0 +1,402 @@
+"""The SQL fragment graph on both backends: an SQLite file and a real PostgreSQL server.
+
+Every test runs once per backend (``[sqlite]``, ``[postgres]``; ``pytest -k postgres``
+selects the PostgreSQL cases). The PostgreSQL cases fail, not skip, when the
+session's server cannot start (see ``conftest.postgres_server``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import random
+import re
+import signal
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from volara_assets.storage import GraphStore
+from volara_assets.tables import EdgeTable, NodeTable
+
+# Names that need quoting somewhere: reserved words in PostgreSQL and SQLite, mixed case.
+NODE_ATTRS = {"writer": "int", "Label": "str", "order": "int", "user": "float", "ok": "bool"}
+EDGE_ATTRS = {"score": "float", "writer": "int"}
+MAX_ID = 2**63 - 1
+
+
+def make_store(url: str) -> GraphStore:
+    return GraphStore(url, node_attrs=NODE_ATTRS, edge_attrs=EDGE_ATTRS)
+
+
+def version_nodes(block: int, writer: int) -> NodeTable:
+    """The nodes one write of ``block`` by ``writer`` stores: 2 to 6 of them, ids
+    ``1000 * block + 1, ...``, every column a function of (block, writer)."""
+    n = 2 + (block + writer) % 5
+    i = np.arange(n)
+    return NodeTable(
+        ids=(1000 * block + 1 + i).astype(np.uint64),
+        positions=np.stack([10.0 * block + i, np.full(n, float(writer)), 0.5 + i / 4], axis=1),
+        sizes=writer + 1 + i,
+        attrs={
+            "writer": np.full(n, writer),
+            "Label": np.array([f"w{writer}" if k % 2 else None for k in range(n)], dtype=object),
+            "order": i,
+            "user": np.where(i == 0, np.nan, writer / 7),
+            "ok": i % 2 == 0,
+        },
+    )
+
+
+def version_edges(block: int, writer: int) -> EdgeTable:
+    """A chain over the block's nodes of that version, plus one edge to the next block."""
+    ids = version_nodes(block, writer).ids
+    u = np.append(ids[:-1], ids[0])
+    v = np.append(ids[1:], np.uint64(1000 * (block + 1) + 1))
+    score = writer + np.arange(len(u)) / 8
+    score[-1] = np.nan  # stored as NULL
+    return EdgeTable(u, v, {"score": score, "writer": np.full(len(u), writer)})
+
+
+def node_rows(nodes: NodeTable) -> set[tuple[Any, ...]]:
+    """Rows as a set of tuples; NaN/NULL as None so that equal rows compare equal."""
+    columns = [nodes.ids.tolist(), *nodes.positions.T.tolist(), nodes.sizes.tolist()]
+    columns += [c.tolist() for c in nodes.attrs.values()]
+    return {tuple(None if _null(x) else x for x in row) for row in zip(*columns, strict=True)}
+
+
+def edge_rows(edges: EdgeTable) -> set[tuple[Any, ...]]:
+    columns = [edges.u.tolist(), edges.v.tolist(), *(c.tolist() for c in edges.scores.values())]
+    return {tuple(None if _null(x) else x for x in row) for row in zip(*columns, strict=True)}
+
+
+def _null(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and x != x)
+
+
+def all_rows(store: GraphStore) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    return node_rows(store.read_nodes()), edge_rows(store.read_edges())
+
+
+def other_db_url(request: pytest.FixtureRequest, url: str, tmp_path: Any, name: str) -> str:
+    """A second empty database on the same backend as ``url``."""
+    if url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / f'{name}.sqlite'}"
+    return request.getfixturevalue("postgres_server").new_url(name)
+
+
+# ----------------------------------------------------------------------------- block replace
+
+
+def test_block_replace_keeps_other_blocks_and_rolls_back_on_error(db_url: str) -> None:
+    store = make_store(db_url)
+    store.create()
+    for block in range(4):
+        store.write_nodes(block, version_nodes(block, 1))
+        store.write_edges(block, version_edges(block, 1))
+    # Values come back as written: NULL for NaN/None, bools, strings, reserved-word columns.
+    nodes = store.block_nodes(2)
+    assert nodes.ids.dtype == np.uint64
+    np.testing.assert_array_equal(nodes.ids, [2001, 2002, 2003, 2004, 2005])
+    assert nodes.attrs["Label"].tolist() == [None, "w1", None, "w1", None]
+    assert nodes.attrs["ok"].tolist() == [True, False, True, False, True]
+    assert nodes.attrs["order"].tolist() == [0, 1, 2, 3, 4]
+    assert np.isnan(nodes.attrs["user"][0]) and nodes.attrs["user"][1] == 1 / 7
+    assert (2001, 3001, None, 1) in edge_rows(store.block_edges(2))  # NaN score: NULL
+    before_nodes, before_edges = all_rows(store)
+    assert (len(before_nodes), store.count_nodes()) == (3 + 4 + 5 + 6, 18)
+
+    # Replacing block 1 with another version changes exactly its rows.
+    store.write_nodes(1, version_nodes(1, 7))
+    store.write_edges(1, version_edges(1, 7))
+    nodes_after, edges_after = all_rows(store)
+    keep_nodes = before_nodes - node_rows(version_nodes(1, 1))
+    keep_edges = before_edges - edge_rows(version_edges(1, 1))
+    assert nodes_after == keep_nodes | node_rows(version_nodes(1, 7))
+    assert edges_after == keep_edges | edge_rows(version_edges(1, 7))
+    assert store.count_nodes() == 18 - 4 + 5
+
+    # A failing replace leaves the block as it was: an id of block 0, an id >= 2**63,
+    # a NaN position (SQLite would refuse it as NULL, PostgreSQL would store NaN).
+    colliding = NodeTable([1001, 1], np.zeros((2, 3)), [1, 1])
+    with pytest.raises(ValueError, match="collide"):
+        store.write_nodes(1, colliding)
+    with pytest.raises(ValueError, match="2\\*\\*63"):
+        store.write_nodes(1, NodeTable(np.array([2**63], np.uint64), [[0, 0, 0]], [1]))
+    with pytest.raises(ValueError, match="finite"):
+        store.write_nodes(1, NodeTable([1001], [[np.nan, 0, 0]], [1]))
+    assert all_rows(store) == (nodes_after, edges_after)
+
+    # The largest storable id survives both ways; delete_block removes one block.
+    big = NodeTable(np.array([MAX_ID - 1, MAX_ID], np.uint64), [[0, 0, 0], [1, 1, 1]], [1, 2])
+    store.write_nodes(9, big)
+    store.write_edges(9, EdgeTable(big.ids[:1], big.ids[1:], {"score": [0.5]}))
+    np.testing.assert_array_equal(store.block_nodes(9).ids, big.ids)
+    assert store.read_node_ids()[-2:].tolist() == [MAX_ID - 1, MAX_ID]
+    edges9 = store.block_edges(9)
+    assert (edges9.u.tolist(), edges9.v.tolist()) == ([MAX_ID - 1], [MAX_ID])
+    store.delete_block(9)
+    assert all_rows(store) == (nodes_after, edges_after)
+
+
+def test_bulk_reads_equal_the_written_rows(db_url: str) -> None:
+    """A few thousand rows, read whole and by ROI, against a NumPy reference."""
+    store = GraphStore(db_url, node_attrs={"writer": "int"}, edge_attrs={"score": "float"})
+    rng = np.random.default_rng(0)
+    all_nodes, all_edges = [], []
+    for block in range(40):
+        n = 100
+        ids = (block * 10_000 + 1 + np.arange(n)).astype(np.uint64)
+        positions = rng.uniform(0, 100, size=(n, 3)).round(3)
+        nodes = NodeTable(ids, positions, rng.integers(1, 1000, n), {"writer": np.full(n, block)})
+        u = rng.choice(ids, 150)
+        v = u + rng.integers(1, 5_000_000, 150).astype(np.uint64)
+        pairs = np.unique(np.stack([u, v], axis=1), axis=0)
+        scores = rng.uniform(0, 1, len(pairs))
+        scores[::7] = np.nan
+        edges = EdgeTable(pairs[:, 0], pairs[:, 1], {"score": scores})
+        store.write_nodes(block, nodes)
+        store.write_edges(block, edges)
+        all_nodes.append(nodes)
+        all_edges.append(edges)
+    ids = np.concatenate([t.ids for t in all_nodes])
+    positions = np.concatenate([t.positions for t in all_nodes])
+    sizes = np.concatenate([t.sizes for t in all_nodes])
+    u = np.concatenate([t.u for t in all_edges])
+    v = np.concatenate([t.v for t in all_edges])
+    scores = np.concatenate([t.scores["score"] for t in all_edges])
+
+    nodes = store.read_nodes()
+    np.testing.assert_array_equal(nodes.ids, np.sort(ids))
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(nodes.positions, positions[order])
+    np.testing.assert_array_equal(nodes.sizes, sizes[order])
+    np.testing.assert_array_equal(nodes.attrs["writer"], (np.sort(ids) // 10_000).astype(int))
+    edges = store.read_edges()
+    order = np.lexsort((v, u))
+    np.testing.assert_array_equal(edges.u, u[order])
+    np.testing.assert_array_equal(edges.v, v[order])
+    np.testing.assert_array_equal(edges.scores["score"], scores[order])
+    assert (store.count_nodes(), store.count_edges()) == (4000, len(u))
+
+    offset, shape = np.array([20.0, 0.0, 50.0]), np.array([30.0, 100.0, 25.5])
+    inside = np.all((positions >= offset) & (positions < offset + shape), axis=1)
+    assert 0 < inside.sum() < 4000
+    roi = (tuple(offset), tuple(shape))
+    np.testing.assert_array_equal(store.read_nodes(roi).ids, np.sort(ids[inside]))
+    roi_edges = store.read_edges(roi)
+    in_u = np.isin(u, ids[inside])
+    assert edge_rows(roi_edges) == edge_rows(EdgeTable(u[in_u], v[in_u], {"score": scores[in_u]}))
+    graph = store.read_graph(roi)
+    assert graph.number_of_edges() == in_u.sum()
+    assert {n for n in graph.nodes if "size" in graph.nodes[n]} == set(ids[inside].tolist())
+
+
+def test_long_names_are_rejected_before_postgresql_truncates_them(db_url: str) -> None:
+    # PostgreSQL cuts identifiers at 63 bytes: a longer column would be created
+    # under another name (and two long names could become one).
+    with pytest.raises(ValueError, match="63"):
+        GraphStore(db_url, edge_attrs={"s" * 64: "float"})
+    with pytest.raises(ValueError, match="prefix"):
+        GraphStore(db_url, edge_attrs={}, prefix="p" * 59)
+    store = GraphStore(db_url, edge_attrs={"s" * 63: "float"}, prefix="p" * 58)
+    store.write_edges(0, EdgeTable([1], [2], {"s" * 63: [0.25]}))
+    assert store.read_edges().scores["s" * 63].tolist() == [0.25]
+    store.create()  # the stored columns are the configured ones
+
+
+# ----------------------------------------------------------------------------- concurrent writers
+
+N_WRITERS = 8
+N_BLOCKS = 16
+BLOCKS_PER_WRITER = 6  # every block is replaced by 3 writers
+ROUNDS = 6
+BARRIER_TIMEOUT_S = 120
+
+
+def writer_blocks(p: int) -> list[int]:
+    return [(2 * p + k) % N_BLOCKS for k in range(BLOCKS_PER_WRITER)]
+
+
+def writer_tag(p: int, r: int) -> int:
+    return 1 + p * ROUNDS + r
+
+
+def last_error(trace: str) -> str:
+    """The last ``SomeError: message`` line of a traceback."""
+    lines = [ln for ln in trace.splitlines() if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+    return lines[-1] if lines else trace.strip().splitlines()[-1]
+
+
+def _concurrent_writer(p: int, url: str, barriers: list[Any], results: Any) -> None:
+    """Once every writer is up, replace this writer's blocks ``ROUNDS`` times each in
+    shuffled order (versions tagged by writer and round), wait while the parent looks,
+    then write the canonical version (tag 0) of each once more."""
+    try:
+        store = make_store(url)
+        rng = random.Random(p)
+        blocks = writer_blocks(p)
+        barriers[0].wait(BARRIER_TIMEOUT_S)
+        start = time.perf_counter()
+        store.create()  # racing with the other writers
+        replaces = 0
+        for r in range(ROUNDS):
+            rng.shuffle(blocks)
+            for block in blocks:
+                store.write_nodes(block, version_nodes(block, writer_tag(p, r)))
+                store.write_edges(block, version_edges(block, writer_tag(p, r)))
+                replaces += 2
+        seconds = time.perf_counter() - start
+        barriers[1].wait(BARRIER_TIMEOUT_S)
+        barriers[2].wait(BARRIER_TIMEOUT_S)
+        for block in blocks:
+            store.write_nodes(block, version_nodes(block, 0))
+            store.write_edges(block, version_edges(block, 0))
+            replaces += 2
+        results.put((p, replaces, seconds, None))
+    except BaseException:
+        for b in barriers:
+            b.abort()
+        results.put((p, 0, 0.0, traceback.format_exc()))
+        raise
+
+
+def test_concurrent_writers_replace_overlapping_blocks(
+    db_url: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    ctx = mp.get_context("forkserver")
+    # start together; pause (the parent looks); go on
+    barriers = [ctx.Barrier(N_WRITERS + 1) for _ in range(3)]
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_concurrent_writer, args=(p, db_url, barriers, results))
+        for p in range(N_WRITERS)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        try:
+            barriers[0].wait(BARRIER_TIMEOUT_S)
+            start = time.perf_counter()
+            barriers[1].wait(BARRIER_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            for proc in procs:
+                proc.join(30)
+            errors = []
+            while len(errors) < N_WRITERS:
+                try:
+                    errors.append(results.get(timeout=1)[3])
+                except queue.Empty:
+                    break
+            errors = [last_error(e) for e in errors if e]
+            pytest.fail(f"a writer failed or hung (deadlock?) in the first phase: {errors}")
+        phase1 = time.perf_counter() - start
+
+        # Every writer is paused: each block holds exactly one complete version,
+        # written by one of the writers that own the block.
+        store = make_store(db_url)
+        for block in range(N_BLOCKS):
+            owners = [p for p in range(N_WRITERS) if block in writer_blocks(p)]
+            assert len(owners) == 3
+            tags = {writer_tag(p, r) for p in owners for r in range(ROUNDS)}
+            nodes = store.block_nodes(block)
+            [tag] = set(nodes.attrs["writer"].tolist())
+            assert tag in tags
+            assert node_rows(nodes) == node_rows(version_nodes(block, tag))
+            edges = store.block_edges(block)
+            [tag] = {int(t) for t in edges.scores["writer"]}  # scores read back as float64
+            assert tag in tags
+            assert edge_rows(edges) == edge_rows(version_edges(block, tag))
+        barriers[2].wait(BARRIER_TIMEOUT_S)
+
+        reports = [results.get(timeout=BARRIER_TIMEOUT_S) for _ in range(N_WRITERS)]
+        for proc in procs:
+            proc.join(BARRIER_TIMEOUT_S)
+        wall = time.perf_counter() - start
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    errors = [last_error(r[3]) for r in reports if r[3]]
+    assert errors == []
+    assert [proc.exitcode for proc in procs] == [0] * N_WRITERS
+    replaces = sum(r[1] for r in reports)
+    assert replaces == N_WRITERS * BLOCKS_PER_WRITER * 2 * (ROUNDS + 1)
+
+    # The final rows are those of one serial pass writing the canonical versions.
+    serial = make_store(other_db_url(request, db_url, tmp_path, "serial"))
+    for block in range(N_BLOCKS):
+        serial.write_nodes(block, version_nodes(block, 0))
+        serial.write_edges(block, version_edges(block, 0))
+    final = all_rows(store)
+    assert final == all_rows(serial)
+    assert (store.count_nodes(), store.count_edges()) == (len(final[0]), len(final[1]))
+    assert len(final[0]) == sum(2 + b % 5 for b in range(N_BLOCKS))
+    backend = sa.engine.make_url(db_url).get_backend_name()
+    print(
+        f"\nconcurrent writers [{backend}]: {N_WRITERS} processes, {replaces} block replaces "
+        f"({replaces // 2} nodes + {replaces // 2} edges transactions), 0 retries; "
+        f"first phase (rounds 1-{ROUNDS}) {phase1:.2f} s (writers' own "
+        f"{min(r[2] for r in reports):.2f}-{max(r[2] for r in reports):.2f} s), "
+        f"wall from start to exit {wall:.2f} s"
+    )
+
+
+# ----------------------------------------------------------------------------- killed writer
+
+
+def _write_and_hang(url: str, block: int, table: str, statement: str, ready: Any) -> None:
+    """Replace ``block``'s ``table`` rows, stopping forever right after ``statement`` ran."""
+    store = make_store(url)
+
+    @sa.event.listens_for(store.engine, "after_cursor_execute")
+    def _hang(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if sql.lstrip().upper().startswith(statement):
+            ready.set()
+            time.sleep(600)
+
+    if table == "nodes":
+        store.write_nodes(block, version_nodes(block, 99))
+    else:
+        store.write_edges(block, version_edges(block, 99))
+
+
+@pytest.mark.parametrize(("table", "statement"), [("nodes", "DELETE"), ("edges", "INSERT")])
+def test_writer_killed_inside_a_block_replace_leaves_the_previous_rows(
+    db_url: str, table: str, statement: str
+) -> None:
+    store = make_store(db_url)
+    for block in range(3):
+        store.write_nodes(block, version_nodes(block, 1))
+        store.write_edges(block, version_edges(block, 1))
+    before = all_rows(store)
+
+    ctx = mp.get_context("forkserver")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_write_and_hang, args=(db_url, 1, table, statement, ready))
+    proc.start()
+    try:
+        assert ready.wait(60), f"the writer never ran its {statement}"
+        os.kill(proc.pid, signal.SIGKILL)  # inside the open transaction
+        proc.join(30)
+        assert proc.exitcode == -signal.SIGKILL
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert all_rows(store) == before
+
+    # The rerun of the block gives the clean result (no stale lock, nothing half-written).
+    store.write_nodes(1, version_nodes(1, 99))
+    store.write_edges(1, version_edges(1, 99))
+    nodes, edges = all_rows(store)
+    assert nodes == (before[0] - node_rows(version_nodes(1, 1))) | node_rows(version_nodes(1, 99))
+    assert edges == (before[1] - edge_rows(version_edges(1, 1))) | edge_rows(version_edges(1, 99))
+    assert store.count_nodes() == len(nodes)
