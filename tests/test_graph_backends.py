@@ -400,3 +400,40 @@ def test_writer_killed_inside_a_block_replace_leaves_the_previous_rows(
     assert nodes == (before[0] - node_rows(version_nodes(1, 1))) | node_rows(version_nodes(1, 99))
     assert edges == (before[1] - edge_rows(version_edges(1, 1))) | edge_rows(version_edges(1, 99))
     assert store.count_nodes() == len(nodes)
+
+
+# ----------------------------------------------------------------------------- tutorial API
+
+
+def test_tutorial_postgresql_db_on_a_postgres_server(postgres_server: Any) -> None:
+    """volara's ``PostgreSQL`` db class (host, port, name, user) against the real server."""
+    from volara_assets.dbs import PostgreSQL
+
+    db = PostgreSQL(
+        host=postgres_server.host,
+        port=postgres_server.port,
+        name=postgres_server.create_database("tutorial"),
+        user="postgres",
+        node_attrs={"Label": "str", "ok": "bool"},
+        edge_attrs={"zyx_aff": "float"},
+    )
+    assert not db.exists()
+    with pytest.raises(FileNotFoundError, match="no fragment graph"):
+        db.open("r")
+    graph = db.open("r+")
+    graph.store.write_nodes(0, NodeTable([1, 2], [[0, 0, 0], [1, 1, 1]], [3, 4],
+                                         attrs={"Label": ["a", None], "ok": [True, False]}))
+    graph.store.write_edges(0, EdgeTable([1], [2], {"zyx_aff": [0.75]}))
+    assert db.exists()
+    # Declared nothing, a second handle reads the column types back from the server.
+    undeclared = db.model_copy(update={"node_attrs": None, "edge_attrs": None})
+    assert undeclared.stored_attrs() == ({"Label": "str", "ok": "bool"}, {"zyx_aff": "float"})
+    reread = undeclared.open("r")
+    assert dict(reread.read_graph().nodes(data=True)) == {
+        1: {"position": (0.0, 0.0, 0.0), "size": 3, "Label": "a", "ok": True},
+        2: {"position": (1.0, 1.0, 1.0), "size": 4, "ok": False},
+    }
+    assert (reread.count_nodes(), reread.count_edges()) == (2, 1)
+    assert db.open("w").count_nodes() == 0  # "w" starts over
+    db.drop()
+    assert not db.exists()
