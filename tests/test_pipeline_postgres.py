@@ -7,6 +7,7 @@ session's (``conftest.postgres_server``); these tests fail, not skip, without it
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import (
+    REPO,
     STEPS,
     PostgresServer,
     build_pipeline,
@@ -104,37 +106,34 @@ def test_demo_pipeline_with_a_postgres_graph_writes_the_sqlite_rows(
     )
 
 
-def postgres_dagster_yaml(server: PostgresServer, db_name: str) -> str:
-    """A ``dagster.yaml`` with run, event log and schedule storage in ``db_name``."""
-    doc = {
-        "telemetry": {"enabled": False},
-        "storage": {
-            "postgres": {
-                "postgres_db": {
-                    "username": "postgres",
-                    "password": "",
-                    "hostname": server.host,
-                    "port": server.port,
-                    "db_name": db_name,
-                    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not
-                    # installed; dagster-postgres brings psycopg2.
-                    "scheme": "postgresql+psycopg2",
-                }
-            }
-        },
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
+def readme_postgres_dagster_yaml() -> str:
+    """The README's ``dagster.yaml`` for a PostgreSQL instance (the ```yaml block with
+    ``postgres_db``), so that the documented example is the one tested."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    [block] = [b for b in blocks if "postgres_db:" in b]
+    return block
 
 
 def test_cli_run_on_a_postgres_dagster_instance(
-    sqlite_run: Outputs, demo_volume: Path, tmp_path: Path, postgres_server: PostgresServer
+    sqlite_run: Outputs,
+    demo_volume: Path,
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     graph_url = postgres_server.new_url("graph")
     dagster_db = postgres_server.create_database("dagster")
     pipeline_yaml = write_pipeline_yaml(tmp_path / "pipeline", demo_volume, db_url=graph_url)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(postgres_dagster_yaml(postgres_server, dagster_db))
+    config = yaml.safe_load(readme_postgres_dagster_yaml())
+    # The README's example, on the test server's port and database.
+    db = config["storage"]["postgres"]["postgres_db"]
+    db.update(port=postgres_server.port, db_name=dagster_db)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name, value in (("USERNAME", "postgres"), ("PASSWORD", ""), ("HOST", postgres_server.host)):
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)  # read by the CLI and by this process
 
     select = ",".join(f"demo/{step}" for step in STEPS)
     proc = subprocess.run(
