@@ -210,16 +210,18 @@ def postgres_bindir() -> Path:
     """The directory holding ``initdb`` and ``postgres``: ``$VOLARA_PG_BINDIR``, Debian's
     newest ``/usr/lib/postgresql/<version>/bin``, or ``pg_config --bindir``."""
     candidates: list[Path] = []
-    if os.environ.get("VOLARA_PG_BINDIR"):
+    if os.environ.get("VOLARA_PG_BINDIR"):  # when given, the only choice
         candidates.append(Path(os.environ["VOLARA_PG_BINDIR"]))
-    debian = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,
-        reverse=True,
-    )
-    candidates.extend(debian)
+    else:
+        candidates.extend(
+            sorted(
+                Path("/usr/lib/postgresql").glob("*/bin"),
+                key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,
+                reverse=True,
+            )
+        )
     pg_config = shutil.which("pg_config")
-    if pg_config:
+    if pg_config and not os.environ.get("VOLARA_PG_BINDIR"):
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
         if out.returncode == 0:
             candidates.append(Path(out.stdout.strip()))
