@@ -183,7 +183,7 @@ def test_bulk_reads_equal_the_written_rows(db_url: str) -> None:
     assert {n for n in graph.nodes if "size" in graph.nodes[n]} == set(ids[inside].tolist())
 
 
-def test_long_names_are_rejected_before_postgresql_truncates_them(db_url: str) -> None:
+def test_long_names_are_rejected_before_a_server_truncates_them(db_url: str) -> None:
     # PostgreSQL cuts identifiers at 63 bytes: a longer column would be created
     # under another name (and two long names could become one).
     with pytest.raises(ValueError, match="63"):
