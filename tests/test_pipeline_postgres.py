@@ -24,7 +24,11 @@ from conftest import (
     subprocess_env,
     write_pipeline_yaml,
 )
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, materialize
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 from test_dagster_pipeline import (
     EXPECTED_KEYS,
     Outputs,
@@ -35,6 +39,7 @@ from test_dagster_pipeline import (
 )
 
 from volara_assets.geometry import BlockGrid
+from volara_assets.resources import BlockExecutor
 from volara_assets.storage import GraphStore
 
 PARTITIONED = ("fragments", "fragment_nodes", "edges", "segments")
@@ -88,7 +93,17 @@ def test_demo_pipeline_with_a_postgres_graph_writes_the_sqlite_rows(
     bp = build_pipeline(write_pipeline_yaml(tmp_path, demo_volume, db_url=postgres_url))
     assert bp.config.db_url.startswith("postgresql://")
     instance = DagsterInstance.ephemeral()
-    assert run_all(bp, instance).success
+    # Blocks in two worker processes: two writers of the graph at a time.
+    keys = bp.partition_keys
+    pool = BlockExecutor(kind="processes", num_workers=2)
+    result = materialize(
+        bp.assets,
+        selection=bp.keys(*STEPS),
+        resources={**bp.resources, "block_executor": pool},
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+    )
+    assert result.success
     out = read_outputs(bp)
     assert_same_outputs(out, sqlite_run)
     assert_graph_consistent(postgres_url, bp.built.pipeline.grid)
