@@ -334,9 +334,10 @@ def start_postgres() -> PostgresServer:
     """initdb a temporary data directory and start ``postgres`` on it (see the module notes)."""
     bindir = postgres_bindir()
     as_user = _server_user()
-    # Not under pytest's basetemp: that is private to root (0700), and the server
-    # runs as another user.
-    root = Path(tempfile.mkdtemp(prefix="volara-pg-"))
+    # Not under pytest's basetemp, which is private to root (0700) while the server
+    # runs as another user; /tmp also keeps the socket path short (< 108 bytes).
+    tmp = "/tmp" if Path("/tmp").is_dir() else None
+    root = Path(tempfile.mkdtemp(prefix="volara-pg-", dir=tmp))
     if as_user:
         os.chown(root, as_user["user"], as_user["group"])
     data = root / "data"
