@@ -251,12 +251,8 @@ class PostgresServer:
     def pid(self) -> int:
         return self.process.pid
 
-    @property
-    def socket_dir(self) -> Path:
-        return self.root
-
     def url(self, database: str = "postgres") -> str:
-        """SQLAlchemy URL of ``database`` over TCP."""
+        """SQLAlchemy URL of ``database`` over TCP (the Unix socket is in ``root``)."""
         return f"postgresql://{PG_SUPERUSER}@{self.host}:{self.port}/{database}"
 
     def create_database(self, prefix: str = "test") -> str:
@@ -355,7 +351,7 @@ def start_postgres() -> PostgresServer:
     errors = []
     for _attempt in range(3):  # a free port can be taken between choosing and binding it
         port = free_port()
-        log = open(root / "server.log", "ab")  # noqa: SIM115 (the server writes it until stopped)
+        log = open(root / "server.log", "ab")  # the server's; closed here once handed over
         process = subprocess.Popen(
             [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
