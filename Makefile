@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 DATA ?= data
 
-.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean browser screenshot
+.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean browser postgres \
+  screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +21,19 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check volara_assets tests examples benchmarks
 
-test: $(STAMP) lint browser
+test: $(STAMP) lint browser postgres
 	$(BIN)/python -m pytest
 
 # Debian's headless Chromium for tests/test_browser.py (apt, as root; no downloaded builds).
 CHROMIUM := /usr/bin/chromium
 browser:
 	@test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# Debian's PostgreSQL server binaries for the `postgres` tests (apt, as root). The tests
+# start their own throw-away server from them (tests/conftest.py), never a system service.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb > /dev/null 2>&1 || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 
 # Refresh docs/asset_graph.png (the README's picture of the asset graph).
 screenshot: $(STAMP) browser

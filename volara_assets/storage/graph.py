@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ ATTR_TYPES: dict[str, type[sa.types.TypeEngine]] = {
 
 _EDGE_ATTR_TYPES = ("float", "int", "bool")  # edge attrs are scores: numeric
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1 bytes).
+_MAX_IDENTIFIER = 63
 _NODE_COLUMNS = ("id", "z", "y", "x", "size", "block")
 _EDGE_COLUMNS = ("u", "v", "block")
 # "position" is reserved too: read_graph puts it on every node.
@@ -49,6 +52,11 @@ def _check_identifier(name: str, what: str, reserved: AbstractSet[str] = frozens
         raise ValueError(
             f"{what}: {name!r} is not a plain identifier (letters, digits, '_', "
             "not starting with a digit)"
+        )
+    if len(name) > _MAX_IDENTIFIER:
+        raise ValueError(
+            f"{what}: {name!r} has {len(name)} characters; at most {_MAX_IDENTIFIER} fit "
+            "an SQL identifier (PostgreSQL would truncate it)"
         )
     # SQL column names compare case-insensitively on most backends.
     if name.lower() in reserved:
@@ -110,10 +118,13 @@ class GraphStore:
     ----------
     url : str
         Any SQLAlchemy URL, e.g. ``"sqlite:///data/demo.db"`` or
-        ``"postgresql://host/db"``. For SQLite files the parent directory is
-        created and every connection uses WAL journaling and a 60 s busy
-        timeout, and write transactions start with ``BEGIN IMMEDIATE``, so
-        concurrent writers from several processes wait rather than fail.
+        ``"postgresql://host/db"`` (psycopg2 unless the URL names a driver).
+        For SQLite files the parent directory is created and every connection
+        uses WAL journaling and a 60 s busy timeout, and write transactions
+        start with ``BEGIN IMMEDIATE``, so concurrent writers from several
+        processes wait rather than fail. On PostgreSQL a block replace takes
+        a transaction-scoped advisory lock on (table, block), so writers of
+        the same block queue and writers of other blocks run in parallel.
     node_attrs : mapping of str to str, optional
         Extra node columns, name -> type (``"float"``, ``"int"``, ``"bool"``,
         ``"str"``); nullable.
@@ -150,6 +161,13 @@ class GraphStore:
     ) -> None:
         if prefix:
             _check_identifier(prefix, "prefix")
+            longest = len(prefix) + len("nodes")
+            if longest > _MAX_IDENTIFIER:
+                raise ValueError(
+                    f"prefix: {prefix!r} makes table names of {longest} characters; at most "
+                    f"{_MAX_IDENTIFIER} fit an SQL identifier (a prefix of at most "
+                    f"{_MAX_IDENTIFIER - len('nodes')} characters)"
+                )
         self.url = str(url)
         self.prefix = prefix
         self.node_attrs = _check_attrs(
@@ -231,7 +249,7 @@ class GraphStore:
 
     def _make_engine(self) -> sa.Engine:
         if not self._is_sqlite:
-            return sa.create_engine(self._url)
+            return sa.create_engine(_with_driver(self._url))
         database = self._url.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -264,9 +282,32 @@ class GraphStore:
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn:
-            conn = conn.execution_options(**{_IMMEDIATE: True})
+            options: dict[str, Any] = {_IMMEDIATE: True}
+            if conn.dialect.name == "postgresql":
+                # Each statement sees what committed before it started, in
+                # particular what the previous holder of a block lock wrote
+                # (see _lock); a stricter server default would hide it.
+                options["isolation_level"] = "READ COMMITTED"
+            conn = conn.execution_options(**options)
             with conn.begin():
                 yield conn
+
+    @staticmethod
+    def _lock(conn: sa.Connection, name: str, block: int = 0) -> None:
+        """Hold a lock on (``name``, ``block``) until the transaction ends (PostgreSQL).
+
+        PostgreSQL lets two transactions delete the same block's rows at once:
+        the second waits for the first's row locks, finds the rows gone, deletes
+        nothing, then collides with the rows the first inserted (duplicate key).
+        A transaction-scoped advisory lock per table and block makes writers of
+        one block queue, while other blocks are written in parallel. SQLite
+        needs none: a write transaction there already holds the database lock.
+        """
+        if conn.dialect.name != "postgresql":
+            return
+        key = zlib.crc32(name.encode())  # stable across processes, unlike hash()
+        key -= 2**32 if key >= 2**31 else 0  # the int4 of the two-key form
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key, int(block))))
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -287,6 +328,8 @@ class GraphStore:
         for attempt in range(3):
             try:
                 with self._write() as conn:
+                    # PostgreSQL: one creator at a time (DDL is transactional there).
+                    self._lock(conn, f"create {self.nodes.name} {self.edges.name}")
                     self._metadata.create_all(conn, checkfirst=True)
                 break
             except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
@@ -367,8 +410,9 @@ class GraphStore:
         Raises
         ------
         ValueError
-            On an unknown attribute, an id >= 2**63, or an id already stored
-            by another block (the transaction is rolled back).
+            On an unknown attribute, an id >= 2**63, a position that is not
+            finite (before any write), or an id already stored by another block
+            (the transaction is rolled back).
         """
         block = int(block)
         extra = sorted(set(nodes.attrs) - set(self.node_attrs))
@@ -377,6 +421,13 @@ class GraphStore:
                 f"write_nodes: unknown node attributes {extra}; configured: {list(self.node_attrs)}"
             )
         n = len(nodes)
+        finite = np.isfinite(nodes.positions).all(axis=1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise ValueError(
+                f"write_nodes: node positions must be finite; node {int(nodes.ids[i])} of block "
+                f"{block} is at {nodes.positions[i].tolist()}"
+            )
         columns: dict[str, list[Any]] = {
             "id": _ids_to_sql(nodes.ids, "node id"),
             "z": nodes.positions[:, 0].tolist(),
@@ -430,6 +481,7 @@ class GraphStore:
         self._ensure_created()
         try:
             with self._write() as conn:
+                self._lock(conn, table.name, block)
                 conn.execute(sa.delete(table).where(table.c.block == block))
                 if n:
                     _insert_many(conn, table, columns)
@@ -443,6 +495,9 @@ class GraphStore:
         """Delete block ``block``'s nodes and edges in one transaction."""
         block = int(block)
         with self._write() as conn:
+            # Always nodes, then edges: a replace holds one of the two, so no cycle.
+            self._lock(conn, self.nodes.name, block)
+            self._lock(conn, self.edges.name, block)
             conn.execute(sa.delete(self.nodes).where(self.nodes.c.block == block))
             conn.execute(sa.delete(self.edges).where(self.edges.c.block == block))
 
@@ -671,6 +726,17 @@ def _column_mismatch(inspector: Any, table: sa.Table) -> str | None:
                 f"expected columns {expected}"
             )
     return None
+
+
+def _with_driver(url: sa.URL) -> sa.URL:
+    """``url`` with psycopg2 as the driver of a bare ``postgresql://`` URL.
+
+    SQLAlchemy 2.1 defaults ``postgresql://`` to psycopg 3, which is not installed;
+    psycopg2 is (dagster-postgres needs it). A URL naming its driver is kept.
+    """
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg2")
+    return url
 
 
 def _ids_to_sql(ids: np.ndarray, what: str) -> list[int]:
