@@ -39,7 +39,7 @@ from test_dagster_pipeline import (
 )
 
 from volara_assets.geometry import BlockGrid
-from volara_assets.resources import BlockExecutor
+from volara_assets.orchestration.resources import BlockExecutor
 from volara_assets.storage import GraphStore
 
 PARTITIONED = ("fragments", "fragment_nodes", "edges", "segments")
