@@ -50,14 +50,20 @@ data/demo.zarr/.complete: $(STAMP)
 
 # The whole pipeline on the demo volume, from the command line, then a summary. The input
 # is observed first, so that the sensors of `make dev` find nothing new to recompute.
+# Runs go through `dg launch` (the CLI Dagster supersedes `dagster asset materialize` and
+# `dagster job execute` with). Quiet by default: the run config sets Dagster's console
+# logger to INFO (our progress lines and step summaries); `make demo VERBOSE=1` shows
+# Dagster's DEBUG event stream too.
+LOG_LEVEL := $(if $(VERBOSE),DEBUG,INFO)
+RUN_CONFIG := {"loggers": {"console": {"config": {"log_level": "$(LOG_LEVEL)"}}}}
+# dg warns unless the project's venv is the active one; the Makefile runs .venv's dg.
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 	@start=$$(date +%s); \
 	range=$$($(BIN)/python -m volara_assets.orchestration.report range $(PIPELINE)); \
-	$(DAGSTER) job execute -m volara_assets.definitions -j demo__observe_affinities \
-	  > /dev/null && \
-	$(DAGSTER) asset materialize -m volara_assets.definitions \
-	  --select 'demo/fragments,demo/fragment_nodes,demo/edges,demo/lut,demo/segments' \
-	  --partition-range "$$range" && \
+	$(DG) launch --job demo__observe_affinities --config-json '$(RUN_CONFIG)' && \
+	$(DG) launch --assets 'demo/fragments,demo/fragment_nodes,demo/edges,demo/lut,demo/segments' \
+	  --partition-range "$$range" --config-json '$(RUN_CONFIG)' && \
 	$(BIN)/python -m volara_assets.orchestration.report summary $(PIPELINE) && \
 	echo "make demo: $$(( $$(date +%s) - start )) s"
 
