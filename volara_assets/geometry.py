@@ -338,6 +338,22 @@ class BlockGrid:
         pc = tuple(c // p for c, p in zip(coords, self.blocks_per_partition, strict=True))
         return self.partition_keys[int(np.ravel_multi_index(pc, self.partition_grid_shape))]
 
+    def partitions_writing(self, roi: Roi) -> list[str]:
+        """Keys of the partitions with a block whose *write* ROI intersects ``roi`` (voxels).
+
+        What a sub-volume run over ``roi`` materializes, in z-major order; context
+        is not counted (a block whose context alone reaches ``roi`` writes nothing there).
+        """
+        roi = roi.intersect(self.volume_roi)
+        if roi.empty:
+            return []
+        ranges = [
+            range(b // s, (e - 1) // s + 1)
+            for b, e, s in zip(roi.begin, roi.end, self.block_size, strict=True)
+        ]
+        keys = {self.partition_of_block(self.block_index(c)) for c in itertools.product(*ranges)}
+        return [k for k in self.partition_keys if k in keys]
+
     def partition_neighbours(self, key: str) -> list[str]:
         """Keys of the up to 26 partitions that touch ``key``."""
         shape = self.partition_grid_shape
