@@ -67,6 +67,14 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 	$(BIN)/python -m volara_assets.orchestration.report summary $(PIPELINE) && \
 	echo "make demo: $$(( $$(date +%s) - start )) s"
 
+# The neuroglancer view of the pipeline (raw, affinities, fragments, segments), served on
+# http://127.0.0.1:$(VIEW_PORT)/v/demo/ until Ctrl-C. The `viewer` links in the UI's
+# segments partitions point at port 9015 and open while this runs.
+.PHONY: view
+VIEW_PORT ?= 9015
+view: $(STAMP) data/demo.zarr/.complete
+	$(BIN)/python -m volara_assets.viewer $(PIPELINE) --port $(VIEW_PORT)
+
 # The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT).
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 	$(DAGSTER) dev -w workspace.yaml -h $(HOST) -p $(PORT)

@@ -261,6 +261,25 @@ class BlockGrid:
         shape = tuple(s * v for s, v in zip(roi.shape, self.voxel_size, strict=True))
         return begin, shape  # type: ignore[return-value]
 
+    @property
+    def voxel_origin(self) -> Coord:
+        """The volume's first voxel in world voxel units (world offset / voxel size)."""
+        return tuple(o // v for o, v in zip(self.offset, self.voxel_size, strict=True))  # type: ignore[return-value]
+
+    def centre(self, roi: Roi) -> tuple[float, float, float]:
+        """The centre of ``roi`` in world voxel units (what a viewer's position is in)."""
+        return tuple(  # type: ignore[return-value]
+            o + b + s / 2 for o, b, s in zip(self.voxel_origin, roi.begin, roi.shape, strict=True)
+        )
+
+    @property
+    def volume_centre(self) -> tuple[float, float, float]:
+        return self.centre(self.volume_roi)
+
+    def partition_centre(self, key: str) -> tuple[float, float, float]:
+        """The centre of partition ``key``'s write ROIs, in world voxel units."""
+        return self.centre(self.partition_roi(key))
+
     def roi_from_world(self, offset: Sequence[int], shape: Sequence[int]) -> Roi:
         """The voxel ROI of a world ``(offset, shape)``; both must be voxel-aligned."""
         offset = as_coord(offset, "roi offset")
