@@ -75,9 +75,11 @@ VIEW_PORT ?= 9015
 view: $(STAMP) data/demo.zarr/.complete
 	$(BIN)/python -m volara_assets.viewer $(PIPELINE) --port $(VIEW_PORT)
 
-# The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT).
+# The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT), through `dg dev` (which
+# Dagster supersedes `dagster dev` with); it loads the project's code location, the
+# module workspace.yaml names.
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
-	$(DAGSTER) dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	$(DG) dev -h $(HOST) -p $(PORT)
 
 # Benchmarks (issue 6) on the (128, 512, 512) noisy demo volume, data/bench.zarr.
 # `make bench`: ours through `dagster asset materialize`, 1 and 2 workers, median of 3.
