@@ -9,10 +9,12 @@ DATA ?= data
 
 .PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean browser screenshot
 
+# pip -qq: errors only. Without it a machine whose pip config names absent index folders
+# prints a warning per package (about 20 KB on every fresh install); failures still show.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
