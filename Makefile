@@ -10,10 +10,12 @@ DATA ?= data
 .PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean browser postgres \
   screenshot
 
+# pip -qq: errors only. Without it a machine whose pip config names absent index folders
+# prints a warning per package (about 20 KB on every fresh install); failures still show.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -57,20 +59,36 @@ data/demo.zarr/.complete: $(STAMP)
 
 # The whole pipeline on the demo volume, from the command line, then a summary. The input
 # is observed first, so that the sensors of `make dev` find nothing new to recompute.
+# Runs go through `dg launch` (the CLI Dagster supersedes `dagster asset materialize` and
+# `dagster job execute` with). Quiet by default: the run config sets Dagster's console
+# logger to INFO (our progress lines and step summaries); `make demo VERBOSE=1` shows
+# Dagster's DEBUG event stream too.
+LOG_LEVEL := $(if $(VERBOSE),DEBUG,INFO)
+RUN_CONFIG := {"loggers": {"console": {"config": {"log_level": "$(LOG_LEVEL)"}}}}
+# dg warns unless the project's venv is the active one; the Makefile runs .venv's dg.
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 	@start=$$(date +%s); \
 	range=$$($(BIN)/python -m volara_assets.orchestration.report range $(PIPELINE)); \
-	$(DAGSTER) job execute -m volara_assets.definitions -j demo__observe_affinities \
-	  > /dev/null && \
-	$(DAGSTER) asset materialize -m volara_assets.definitions \
-	  --select 'demo/fragments,demo/fragment_nodes,demo/edges,demo/lut,demo/segments' \
-	  --partition-range "$$range" && \
+	$(DG) launch --job demo__observe_affinities --config-json '$(RUN_CONFIG)' && \
+	$(DG) launch --assets 'demo/fragments,demo/fragment_nodes,demo/edges,demo/lut,demo/segments' \
+	  --partition-range "$$range" --config-json '$(RUN_CONFIG)' && \
 	$(BIN)/python -m volara_assets.orchestration.report summary $(PIPELINE) && \
 	echo "make demo: $$(( $$(date +%s) - start )) s"
 
-# The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT).
+# The neuroglancer view of the pipeline (raw, affinities, fragments, segments), served on
+# http://127.0.0.1:$(VIEW_PORT)/v/demo/ until Ctrl-C. The `viewer` links in the UI's
+# segments partitions point at port 9015 and open while this runs.
+.PHONY: view
+VIEW_PORT ?= 9015
+view: $(STAMP) data/demo.zarr/.complete
+	$(BIN)/python -m volara_assets.viewer $(PIPELINE) --port $(VIEW_PORT)
+
+# The Dagster UI (webserver + daemon) on http://$(HOST):$(PORT), through `dg dev` (which
+# Dagster supersedes `dagster dev` with); it loads the project's code location, the
+# module workspace.yaml names.
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
-	$(DAGSTER) dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	$(DG) dev -h $(HOST) -p $(PORT)
 
 # Benchmarks (issue 6) on the (128, 512, 512) noisy demo volume, data/bench.zarr.
 # `make bench`: ours through `dagster asset materialize`, 1 and 2 workers, median of 3.

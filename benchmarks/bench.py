@@ -127,7 +127,8 @@ def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, RssSampler, str]:
 
 
 def run_ours(home: Path, workers: int = 1, kind: str = "processes") -> RunResult:
-    """One materialization of the whole pipeline exactly as ``make demo`` does it."""
+    """One materialization of the whole pipeline as ``make demo`` runs it (``dg launch`` calls
+    the same ``dagster asset materialize`` implementation in process)."""
     shutil.rmtree(OUTPUT, ignore_errors=True)
     env = {
         **os.environ,

@@ -68,6 +68,21 @@ def test_blocks_touching_a_changed_region():
     assert g.blocks_touching(Roi((18, 14, 14), (1, 1, 1))) == [13, 22]
 
 
+def test_partitions_a_sub_volume_writes():
+    g = BlockGrid(shape=(30, 30, 30), block_size=(10, 10, 10), context=(2, 2, 2))
+    # one voxel on each side of the z face between blocks 13 and 22: both write there
+    assert g.partitions_writing(Roi((9, 14, 14), (2, 1, 1))) == ["z0_y1_x1", "z1_y1_x1"]
+    # ending exactly at the face: context does not count, block 22 writes nothing there
+    assert g.partitions_writing(Roi((10, 10, 10), (10, 10, 10))) == ["z1_y1_x1"]
+    # clipped to the volume; outside it nothing
+    assert g.partitions_writing(Roi((25, 25, 25), (50, 50, 50))) == ["z2_y2_x2"]
+    assert g.partitions_writing(Roi((30, 0, 0), (5, 5, 5))) == []
+    bricks = BlockGrid(
+        shape=(40, 40, 40), block_size=(10, 10, 10), blocks_per_partition=(2, 2, 2)
+    )
+    assert bricks.partitions_writing(Roi((15, 0, 0), (10, 1, 1))) == ["z0_y0_x0", "z1_y0_x0"]
+
+
 def test_bricks_group_blocks_into_partitions():
     g = BlockGrid(
         shape=(40, 40, 40),

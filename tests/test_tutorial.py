@@ -257,10 +257,49 @@ def test_missing_prerequisites_are_named(volume: Path, tmp_path: Path) -> None:
     wrong_grid = relabel.model_copy(update={"block_size": (8, 16, 16)})
     with pytest.raises(ValueError, match=r"Relabel.block_size: \(8, 16, 16\) differs"):
         wrong_grid.run_blockwise()
-    with pytest.raises(ValueError, match=r"GraphMWS.roi: .* does not cover the volume"):
-        mws.model_copy(update={"roi": ((0, 0, 0), (290, 260, 260))}).run_blockwise()
+    with pytest.raises(ValueError, match=r"GraphMWS.roi: .* lies outside the volume"):
+        mws.model_copy(update={"roi": ((24 * 290, 0, 0), (290, 260, 260))}).run_blockwise()
+    with pytest.raises(ValueError, match=r"Relabel.roi: offset .* multiples of voxel_size"):
+        relabel.model_copy(update={"roi": ((0, 0, 100), (290, 260, 260))}).run_blockwise()
     with pytest.raises(ValueError, match=r"neighborhood: required"):
         Affs(store=volume / "affs")
+
+
+def test_sub_volume_runs_complete_the_volume_like_one_whole_run(
+    volume: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two chained runs over two rois (z blocks 0-1, then 2) equal one whole-volume run."""
+    block = (8, 32, 32)  # a (3, 2, 2) grid: keys z{0,1,2}_y{0,1}_x{0,1}
+    whole = tmp_path / "whole"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home_whole"))
+    steps = tutorial_steps(volume, whole, block_size=block)
+    Pipeline(list(steps)).run_blockwise()
+
+    part = tmp_path / "part"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home_part"))
+    lower = ((0, 0, 0), (16 * 290, 64 * 260, 64 * 260))  # z voxels 0-15: z blocks 0 and 1
+    upper = ((16 * 290, 0, 0), (8 * 290, 64 * 260, 64 * 260))
+    steps = tutorial_steps(volume, part, block_size=block)
+    Pipeline([s.model_copy(update={"roi": lower}) for s in steps]).run_blockwise()
+
+    key = f"{pipeline_name(str(part / 'out.zarr' / 'fragments'))}"
+    z0 = {f"z0_y{y}_x{x}" for y in (0, 1) for x in (0, 1)}
+    z1 = {k.replace("z0", "z1") for k in z0}
+    with DagsterInstance.get() as instance:
+        done = {a: instance.get_materialized_partitions(AssetKey([key, a])) for a in ASSETS}
+    assert done["fragments"] == done["fragment_nodes"] == z0 | z1
+    # z1's edges wait for z2's fragments (their neighbours); z0's have all theirs.
+    assert done["edges"] == z0
+    assert done["segments"] == z0 | z1
+    first = outputs(part)
+    assert not first["fragments"][16:].any(), "the second roi's blocks were written"
+    assert first["fragments"][:16].any()
+
+    Pipeline([s.model_copy(update={"roi": upper}) for s in steps]).run_blockwise()
+    with DagsterInstance.get() as instance:
+        for a in ("fragments", "edges", "segments"):
+            assert len(instance.get_materialized_partitions(AssetKey([key, a]))) == 12, a
+    assert_same(outputs(part), outputs(whole))
 
 
 def test_a_failed_block_raises(volume: Path, tmp_path: Path) -> None:

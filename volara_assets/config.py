@@ -105,6 +105,8 @@ class PipelineConfig(_Model):
     neighborhood: list[Offset]
     mask: str | None = None
     ground_truth: str | None = None
+    # A raw image on the same grid: no step reads it, the viewer shows it under the labels.
+    raw: str | None = None
     fragments_array: str
     segments_array: str | None = None
     lut_path: str | None = None
@@ -251,6 +253,7 @@ class PipelineConfig(_Model):
                 "affinities",
                 "mask",
                 "ground_truth",
+                "raw",
                 "fragments_array",
                 "segments_array",
                 "lut_path",

@@ -261,6 +261,25 @@ class BlockGrid:
         shape = tuple(s * v for s, v in zip(roi.shape, self.voxel_size, strict=True))
         return begin, shape  # type: ignore[return-value]
 
+    @property
+    def voxel_origin(self) -> Coord:
+        """The volume's first voxel in world voxel units (world offset / voxel size)."""
+        return tuple(o // v for o, v in zip(self.offset, self.voxel_size, strict=True))  # type: ignore[return-value]
+
+    def centre(self, roi: Roi) -> tuple[float, float, float]:
+        """The centre of ``roi`` in world voxel units (what a viewer's position is in)."""
+        return tuple(  # type: ignore[return-value]
+            o + b + s / 2 for o, b, s in zip(self.voxel_origin, roi.begin, roi.shape, strict=True)
+        )
+
+    @property
+    def volume_centre(self) -> tuple[float, float, float]:
+        return self.centre(self.volume_roi)
+
+    def partition_centre(self, key: str) -> tuple[float, float, float]:
+        """The centre of partition ``key``'s write ROIs, in world voxel units."""
+        return self.centre(self.partition_roi(key))
+
     def roi_from_world(self, offset: Sequence[int], shape: Sequence[int]) -> Roi:
         """The voxel ROI of a world ``(offset, shape)``; both must be voxel-aligned."""
         offset = as_coord(offset, "roi offset")
@@ -337,6 +356,22 @@ class BlockGrid:
         coords = self.block(index).coords
         pc = tuple(c // p for c, p in zip(coords, self.blocks_per_partition, strict=True))
         return self.partition_keys[int(np.ravel_multi_index(pc, self.partition_grid_shape))]
+
+    def partitions_writing(self, roi: Roi) -> list[str]:
+        """Keys of the partitions with a block whose *write* ROI intersects ``roi`` (voxels).
+
+        What a sub-volume run over ``roi`` materializes, in z-major order; context
+        is not counted (a block whose context alone reaches ``roi`` writes nothing there).
+        """
+        roi = roi.intersect(self.volume_roi)
+        if roi.empty:
+            return []
+        ranges = [
+            range(b // s, (e - 1) // s + 1)
+            for b, e, s in zip(roi.begin, roi.end, self.block_size, strict=True)
+        ]
+        keys = {self.partition_of_block(self.block_index(c)) for c in itertools.product(*ranges)}
+        return [k for k in self.partition_keys if k in keys]
 
     def partition_neighbours(self, key: str) -> list[str]:
         """Keys of the up to 26 partitions that touch ``key``."""

@@ -5,7 +5,9 @@ A run builds the pipeline's assets with
 YAML pipelines use), checks that the assets the steps read and
 do not write are materialized, records the pipeline (see
 :mod:`volara_assets.blockwise.record`) and materializes the steps' assets for
-ALL partitions in one run, so a rerun always recomputes from the current inputs.
+ALL partitions in one run, so a rerun always recomputes from the current inputs;
+or, when steps are given a ``roi`` inside the volume, the partitions that roi
+touches (see :meth:`Pipeline.run_blockwise`).
 
 The Dagster instance is ``$DAGSTER_HOME``'s when that is set, else a persistent
 one in ``$XDG_DATA_HOME/volara_assets/dagster_home`` (default
@@ -131,7 +133,24 @@ class Pipeline:
         return max(chosen) if chosen else max(2, os.cpu_count() or 1)
 
     def run_blockwise(self, multiprocessing: bool = False) -> ExecuteInProcessResult:
-        """Materialize every step's assets for all blocks, in one Dagster run.
+        """Materialize every step's assets for all blocks, in one Dagster run, or for a sub-volume.
+
+        Without a ``roi`` (or with one containing the volume) every step covers every
+        block, in one run. With a ``roi`` inside the volume, each step in turn
+        materializes only some partitions (one run per z-major range of them):
+
+        * ``ExtractFrags``: the partitions with a block whose write ROI the roi touches;
+        * ``AffAgglom``: those and their neighbours (their edges to new fragments
+          change), each only once its own and its neighbours' fragments exist; the
+          others wait for the run that makes the missing fragments;
+        * ``GraphMWS``: the LUT is global, solved over every node and edge stored so
+          far (volara solves the roi's sub-graph; one LUT keeps segment ids consistent
+          from run to run); the fragments of the roi's partitions must exist;
+        * ``Relabel``: the roi's partitions and every segments partition already
+          materialized (relabelled through the new LUT: one consistent labelling).
+
+        So runs over rois that together cover the volume give what one whole-volume
+        run gives.
 
         Parameters
         ----------
@@ -142,14 +161,16 @@ class Pipeline:
         Returns
         -------
         ExecuteInProcessResult
-            The successful Dagster run.
+            The successful Dagster run (of a sub-volume run, the last one).
 
         Raises
         ------
         ValueError
-            Before anything is written, if the config is incomplete or a
-            prerequisite (an asset the steps read but do not write) is not
-            materialized; the message names it and the step producing it.
+            Before anything is written, if the config is incomplete, a roi misses
+            the volume, or a prerequisite (an asset the steps read but do not write)
+            is not materialized; the message names it and the step producing it. (In
+            a sub-volume run, a later step's prerequisites are checked when its turn
+            comes, after the earlier steps ran.)
         BlockwiseError
             If the run failed, e.g. some blocks raised (named with their errors).
         """
@@ -157,7 +178,10 @@ class Pipeline:
         config = built.config
         selected = [built.key(name) for step in self.steps for name in step.outputs]
         instance = dagster_instance()
-        _check_prerequisites(instance, built, selected, self)
+        grid = built.pipeline.grid
+        whole_volume = all(step.roi_partitions(grid) is None for step in self.steps)
+        if whole_volume:
+            _check_prerequisites(instance, built, selected, self)
         names = {key.path[-1] for key in selected}
         if "fragments" in names:
             built.pipeline.create_label_array(built.pipeline.fragments)
@@ -183,22 +207,123 @@ class Pipeline:
             if multiprocessing
             else BlockExecutor(kind="serial")
         )
+        resources = {"block_executor": executor, **built.resources}
         tags = {"volara_assets/steps": repr(self)}
-        if any(_partitioned(built, key) for key in selected):
-            keys = built.partitions.get_partition_keys()
-            tags[ASSET_PARTITION_RANGE_START_TAG] = keys[0]
-            tags[ASSET_PARTITION_RANGE_END_TAG] = keys[-1]
+        if whole_volume:
+            if any(_partitioned(built, key) for key in selected):
+                keys = built.partitions.get_partition_keys()
+                tags[ASSET_PARTITION_RANGE_START_TAG] = keys[0]
+                tags[ASSET_PARTITION_RANGE_END_TAG] = keys[-1]
+            return self._materialize(built, selected, instance, resources, tags)
+        result = None
+        for step in self.steps:
+            step_keys = [built.key(name) for name in step.outputs]
+            partitions = _sub_volume_partitions(step, built, instance)
+            if partitions is None:  # the LUT: one run, not partitioned
+                result = self._materialize(built, step_keys, instance, resources, tags)
+                continue
+            for first, last in _key_ranges(grid.partition_keys, partitions):
+                range_tags = {
+                    **tags,
+                    ASSET_PARTITION_RANGE_START_TAG: first,
+                    ASSET_PARTITION_RANGE_END_TAG: last,
+                }
+                result = self._materialize(built, step_keys, instance, resources, range_tags)
+        if result is None:
+            raise ValueError(
+                f"{self!r}: nothing to materialize: the edges of the roi's blocks need the "
+                "fragments of their neighbours too; run ExtractFrags over a larger roi"
+            )
+        return result
+
+    def _materialize(
+        self,
+        built: PipelineAssets,
+        selected: list[AssetKey],
+        instance: DagsterInstance,
+        resources: dict[str, Any],
+        tags: dict[str, str],
+    ) -> ExecuteInProcessResult:
         result = materialize(
             built.assets,
             selection=selected,
             instance=instance,
-            resources={"block_executor": executor, **built.resources},
+            resources=resources,
             tags=tags,
             raise_on_error=False,
         )
         if not result.success:
             raise BlockwiseError(f"{self!r} failed (run {result.run_id}):\n{_failures(result)}")
         return result
+
+
+def _key_ranges(order: Sequence[str], keys: Iterable[str]) -> list[tuple[str, str]]:
+    """``keys`` as maximal runs of consecutive keys of ``order``: one Dagster run each
+    (a run covers a partition range, and a box of blocks is several z-major ranges)."""
+    wanted = set(keys)
+    ranges: list[tuple[str, str]] = []
+    start: str | None = None
+    for i, key in enumerate(order):
+        if key in wanted and start is None:
+            start = key
+        if start is not None and (i + 1 == len(order) or order[i + 1] not in wanted):
+            ranges.append((start, key))
+            start = None
+    return ranges
+
+
+def _sub_volume_partitions(
+    step: BlockwiseStep, built: PipelineAssets, instance: DagsterInstance
+) -> list[str] | None:
+    """The partitions ``step`` materializes in a sub-volume run (``None``: the LUT, global).
+
+    Decided when the step's turn comes, from what is materialized by then:
+
+    * ``ExtractFrags``: the partitions the step's ROI writes;
+    * ``AffAgglom``: those and their neighbours (whose edges to the new fragments
+      change), as far as their fragments and their neighbours' fragments exist;
+      the others wait for a run that makes the missing fragments;
+    * ``GraphMWS``: the whole stored graph (segment ids stay consistent across
+      runs); the fragments of the ROI's partitions must exist;
+    * ``Relabel``: the ROI's partitions, plus every segments partition already
+      materialized, relabelled through the new LUT so that the segmentation stays
+      one consistent labelling.
+    """
+    grid = built.pipeline.grid
+    roi_keys = step.roi_partitions(grid) or list(grid.partition_keys)
+    name = type(step).__name__
+
+    def done(asset: str) -> set[str]:
+        return set(instance.get_materialized_partitions(built.key(asset)))
+
+    def require(asset: str, keys: Iterable[str]) -> None:
+        missing = sorted(set(keys) - done(asset))
+        if missing:
+            raise ValueError(
+                f"{name}: pipeline {built.config.name!r} needs {asset} of partitions "
+                f"{missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)} missing; "
+                f"run {_PRODUCER[asset]} over a roi covering them first)"
+            )
+
+    if "fragments" in step.outputs:
+        return roi_keys
+    if "edges" in step.outputs:
+        fragments = done("fragments")
+        require("fragments", roi_keys)
+        candidates = set(roi_keys).union(*(grid.partition_neighbours(k) for k in roi_keys))
+        return [
+            k
+            for k in grid.partition_keys
+            if k in candidates and {k, *grid.partition_neighbours(k)} <= fragments
+        ]
+    if "lut" in step.outputs:
+        require("fragment_nodes", roi_keys)
+        return None
+    require("fragments", roi_keys)
+    if instance.get_latest_materialization_event(built.key("lut")) is None:
+        raise ValueError(f"{name}: needs lut (never materialized; run GraphMWS)")
+    wanted = set(roi_keys) | done("segments")
+    return [k for k in grid.partition_keys if k in wanted]
 
 
 def _definition(built: PipelineAssets, key: AssetKey) -> AssetsDefinition | None:

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from volara_assets.config import EdgesConfig, FragmentsConfig, LutConfig, PipelineConfig
-from volara_assets.datasets import Affs, Labels, Raw, WorldRoi
+from volara_assets.datasets import Affs, Labels, Raw
 from volara_assets.dbs import PostgreSQL, SQLite, as_world_roi
-from volara_assets.geometry import Offset
+from volara_assets.geometry import BlockGrid, Offset
 from volara_assets.lut import LUT
+from volara_assets.runtime.bound import BoundPipeline
 
-from .record import pipeline_name, read_array_record, read_db_record, volume_roi
+from .record import pipeline_name, read_array_record, read_db_record
 
 if TYPE_CHECKING:
     from dagster import Definitions, ExecuteInProcessResult
@@ -45,8 +46,11 @@ class BlockwiseStep(BaseModel):
     Parameters
     ----------
     roi : (offset, shape), optional
-        World ROI to process. Every step covers the whole volume (one block grid
-        per pipeline), so a given ``roi`` must contain the volume.
+        World ROI to process (voxel-aligned): only the partitions with a block
+        whose write ROI it touches are materialized, so a later run over another
+        ROI continues the volume. Default: the whole volume. What each step does
+        with it (edges need their neighbours' fragments, the LUT is global) is in
+        :meth:`volara_assets.blockwise.pipeline.Pipeline.run_blockwise`.
     num_workers : int
         Worker processes when run with ``multiprocessing=True``; when left
         unset, one per CPU.
@@ -84,15 +88,31 @@ class BlockwiseStep(BaseModel):
         return base
 
     def _check_roi(self, config: PipelineConfig) -> None:
+        """Fail before any write if the ``roi`` is not voxel-aligned or misses the volume."""
+        if self.roi is not None:
+            self.roi_partitions(BoundPipeline(config).grid)
+
+    def roi_partitions(self, grid: BlockGrid) -> list[str] | None:
+        """The partitions whose blocks' write ROIs the ``roi`` touches; ``None``: all of them.
+
+        A ``roi`` containing the whole volume (or none) means the whole volume.
+        """
         if self.roi is None:
-            return
-        volume = volume_roi(config)
-        if not WorldRoi(*self.roi).contains(volume):
+            return None
+        name = type(self).__name__
+        try:
+            roi = grid.roi_from_world(*self.roi)
+        except ValueError as exc:
+            raise ValueError(f"{name}.{exc}") from None
+        if roi.contains(grid.volume_roi):
+            return None
+        keys = grid.partitions_writing(roi)
+        if not keys:
             raise ValueError(
-                f"{type(self).__name__}.roi: {self.roi} does not cover the volume "
-                f"{tuple(volume)} (offset, shape in world units); a pipeline processes "
-                "its whole block grid, so pass roi=None or a ROI containing the volume"
+                f"{name}.roi: {self.roi} lies outside the volume "
+                f"{grid.world_roi(grid.volume_roi)} (offset, shape in world units)"
             )
+        return keys
 
     def _check_grid(self, base: PipelineConfig, block_size: Offset) -> None:
         if tuple(block_size) != tuple(base.block_size):
@@ -278,8 +298,10 @@ class GraphMWS(BlockwiseStep):
     weights : dict of str to (float, float)
         Edge attribute -> ``(scale, bias)``; an edge's weight is
         ``scale * score + bias`` (positive merges, negative splits).
-    roi : (offset, shape)
-        World ROI of the graph to solve; it must contain the volume.
+    roi : (offset, shape), optional
+        The LUT is global: it is solved over every node and edge stored so far,
+        whatever the ``roi``; the ``roi`` only names the blocks whose fragments
+        must exist (see :meth:`volara_assets.blockwise.pipeline.Pipeline.run_blockwise`).
     edge_per_attr : bool
         One mutex-watershed edge per attribute (True) or their sum (False).
     """

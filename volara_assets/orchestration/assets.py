@@ -32,6 +32,7 @@ segments fresh.
 
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ from dagster import (
     AssetOut,
     AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
     DataVersion,
     MetadataValue,
     Output,
@@ -74,6 +76,14 @@ from .resources import BlockExecutor
 from .steps import materialize_blocks
 
 __all__ = ["AssetsDefinition", "PipelineAssets", "build_pipeline_assets"]
+
+# Two beta features with no stable alternative, used on purpose: `backfill_policy`
+# (a partition range becomes one run; `--partition-range` requires it) and
+# `Output(data_version=...)` (the LUT's content hash keeps the segments fresh when
+# the mapping did not change). Dagster would warn on every code location load.
+warnings.filterwarnings(
+    "ignore", message=r"Parameter `(backfill_policy|data_version)` of ", category=BetaWarning
+)
 
 
 @dataclass

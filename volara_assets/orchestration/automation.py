@@ -17,6 +17,7 @@ direct dependants of the changed affinities are stale; each later step turns
 stale when the step before it rematerialized.
 """
 
+import warnings
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -27,6 +28,7 @@ from dagster import (
     AssetObservation,
     AssetSelection,
     AutomationCondition,
+    BetaWarning,
     DataVersionsByPartition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -60,6 +62,15 @@ from dagster._core.storage.tags import (
 from ..config import PipelineConfig
 from ..geometry import BlockGrid
 from ..storage.fingerprints import array_exists, input_state, partition_data_versions
+
+# Per-partition data versions of an observed input exist only as these beta APIs
+# (an observable source asset returning DataVersionsByPartition); we depend on them
+# on purpose, so Dagster need not warn on every code location load and run.
+warnings.filterwarnings(
+    "ignore",
+    message=r"(Function `observable_source_asset`|Class `DataVersionsByPartition`) is ",
+    category=BetaWarning,
+)
 
 __all__ = [
     "build_affinities_asset",

@@ -22,7 +22,8 @@ in three places:
 * ``handle_output(context, report)``: receives the step's :class:`StepReport`,
   verifies what the run's partitions wrote (SQL: the rows of every partition's
   blocks are the rows the blocks reported) and records per-partition metadata
-  (path, stored chunks and bytes or row counts, a preview of label arrays);
+  (path, stored chunks and bytes or row counts, a preview of label arrays, and
+  for ``segments`` a link to the neuroglancer view of the partition's blocks);
 * ``load_input``: lazy readers for arrays, bulk tables for the global step.
 
 All of them, the asset factory and the checks share one bound pipeline per
@@ -42,6 +43,7 @@ from ..storage.fingerprints import ChunkFiles
 from ..storage.handles import ArrayHandle, GraphHandle, LutHandle
 from ..storage.lut import save_lut
 from ..tables import EdgeTable, NodeTable
+from ..viewer import DEFAULT_PORT, block_url
 from .metadata import slice_preview
 
 __all__ = ["LutIOManager", "SqlIOManager", "ZarrIOManager"]
@@ -105,6 +107,12 @@ class ZarrIOManager(_PipelineIOManager):
             md.update(slice_preview(grid, handle, name, key))
         except Exception as exc:  # noqa: BLE001 - a picture must never fail a step
             md["preview"] = f"no preview: {exc}"
+        if name == "segments":
+            # Opens only while `make view` serves the pipeline on DEFAULT_PORT.
+            md["viewer"] = MetadataValue.url(block_url(self.pipeline.config, grid, key))
+            md["viewer_note"] = MetadataValue.text(
+                f"neuroglancer at this block; needs `make view` (127.0.0.1:{DEFAULT_PORT}) running"
+            )
         return md
 
     def load_input(self, context: InputContext) -> ArrayHandle:
