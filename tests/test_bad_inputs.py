@@ -3,6 +3,8 @@
 Refusals at load (config and data checks) are tried in-process on the code
 location's asset factory and, for a few representative kinds, through the real
 CLI; both then look at the disk: no output array, LUT or database was created.
+Refusals per block (NaN or out-of-range float affinities, a corrupt chunk) fail
+only the blocks that hold the bad values.
 """
 
 from __future__ import annotations
@@ -19,16 +21,23 @@ import yaml
 from conftest import (
     BLOCK_SIZE,
     build_pipeline,
+    copy_volume,
     dagster_bin,
     make_dagster_home,
     subprocess_env,
     write_pipeline_yaml,
 )
-from dagster import DagsterInstance
+from dagster import DagsterInstance, materialize
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from volara_assets.config import PipelineConfig
 from volara_assets.geometry import Roi
-from volara_assets.storage.arrays import create_array
+from volara_assets.runtime.bound import BoundPipeline
+from volara_assets.runtime.jobs import EdgesJob, FragmentsJob, SegmentsJob
+from volara_assets.storage.arrays import create_array, open_array
 
 DEMO_VOXEL_SIZE = (290, 260, 260)
 
@@ -278,3 +287,153 @@ def test_cli_refuses_bad_input_before_any_write(kind: str, demo_volume: Path, tm
     assert files_under(out) == before
     with DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_runs() == []
+
+
+# --------------------------------------------------------------------- refused per block
+
+
+def float_affinities(volume: Path, out: Path, edit: Callable[[np.ndarray], None]) -> Path:
+    """A float32 copy of the demo affinities in [0, 1], changed by ``edit``, at ``out``."""
+    src = open_array(volume / "affs")
+    data = src.read(src.volume_roi).astype(np.float32) / np.float32(255.0)
+    edit(data)
+    dst = create_array(
+        out, src.spatial_shape, np.float32, offset=src.offset, voxel_size=src.voxel_size,
+        chunks=src.spatial_chunks, num_channels=src.num_channels,
+        channel_axis_name=src.axis_names[0], axis_names=src.axis_names[-3:],
+    )
+    dst.write(src.volume_roi, data)
+    return out
+
+
+def _nan_in_last_block(data: np.ndarray) -> None:
+    data[1, 20, 50, 50] = np.nan
+
+
+def _scaled_0_255(data: np.ndarray) -> None:
+    data *= np.float32(255.0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "failing", "expected"),
+    [
+        (_nan_in_last_block, {"z2_y1_x1"}, ["1 NaN values in the voxels", "expected float "
+                                            "affinities in [0, 1]"]),
+        (_scaled_0_255, "all", ["values in [0, 255] in the voxels", "(stored as 0..255? "
+                                "store uint8, or divide by 255)"]),
+    ],
+    ids=["nan", "0..255"],
+)
+def test_bad_float_affinities_fail_their_blocks_before_the_kernel(
+    edit, failing, expected, demo_volume: Path, tmp_path: Path
+) -> None:
+    affs = float_affinities(demo_volume, tmp_path / "in.zarr" / "affs", edit)
+    out = tmp_path / "pipeline"
+    yaml_path = write_pipeline_yaml(out, demo_volume)
+    edit_yaml(yaml_path, affinities=str(affs))
+    bp = build_pipeline(yaml_path)
+    keys = bp.partition_keys
+    failing = set(keys) if failing == "all" else failing
+    instance = DagsterInstance.ephemeral()
+
+    result = materialize(
+        bp.assets, selection=bp.keys("fragments", "fragment_nodes"), resources=bp.resources,
+        instance=instance, raise_on_error=False,
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+    )
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    text = failure.step_failure_data.user_failure_data.description
+    assert f"{len(failing)} of {len(keys)} blocks failed" in text
+    for key in failing:
+        line = next(x for x in text.splitlines() if x.strip().startswith(f"{key}:"))
+        assert f"affinities {affs}:" in line
+        for part in expected:
+            assert part in line, (part, line)
+    # Every other block went on and was recorded; the failing ones wrote nothing.
+    assert instance.get_materialized_partitions(bp.key("fragments")) == set(keys) - failing
+    frags = open_array(bp.config.fragments_array)
+    grid = bp.built.pipeline.grid
+    for key in failing:
+        [block] = grid.partition_blocks(key)
+        assert not frags.read(block.write_roi).any(), key
+    if failing == set(keys):
+        assert not (Path(bp.config.fragments_array) / "c").exists()
+
+
+# --------------------------------------------------------------------- any input chunking
+
+
+def run_blocks_in_order(pipeline: BoundPipeline) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    from volara_assets.ops.agglomerate import agglomerate
+    from volara_assets.storage.lut import save_lut
+
+    c, g = pipeline.config, pipeline.grid
+    pipeline.prepare_outputs()
+    blocks = range(g.num_blocks)
+    for job in (
+        FragmentsJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph),
+        EdgesJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph),
+    ):
+        for i in blocks:
+            job(i)
+    store = pipeline.graph.store()
+    save_lut(pipeline.lut.path, agglomerate(store.read_nodes().ids, store.read_edges(),
+                                            c.lut.weights))
+    seg = SegmentsJob(g, pipeline.fragments, pipeline.segments, pipeline.lut)
+    for i in blocks:
+        seg(i)
+    whole = g.volume_roi
+    return (
+        open_array(c.fragments_array).read(whole),
+        open_array(c.segments_array).read(whole),
+        store.read_nodes(),
+        store.read_edges(),
+    )
+
+
+def test_input_chunks_not_aligned_with_blocks_give_the_same_result(
+    demo_volume: Path, tmp_path: Path
+) -> None:
+    # (5, 13, 11) chunks straddle every (8, 32, 32) block border and the context around it.
+    src = open_array(demo_volume / "affs")
+    assert tuple(src.spatial_chunks) == (4, 16, 16)
+    unaligned = create_array(
+        tmp_path / "in.zarr" / "affs", src.spatial_shape, src.dtype, offset=src.offset,
+        voxel_size=src.voxel_size, chunks=(5, 13, 11), num_channels=src.num_channels,
+        channel_axis_name=src.axis_names[0], axis_names=src.axis_names[-3:],
+    )
+    unaligned.write(src.volume_roi, src.read(src.volume_roi))
+    results = []
+    for name, affs in (("aligned", demo_volume / "affs"), ("unaligned", unaligned.path)):
+        yaml_path = write_pipeline_yaml(tmp_path / name, demo_volume)
+        edit_yaml(yaml_path, affinities=str(affs))
+        results.append(run_blocks_in_order(BoundPipeline(PipelineConfig.from_yaml(yaml_path))))
+    (fa, sa, na, ea), (fb, sb, nb, eb) = results
+    assert fa.any() and sa.any()
+    np.testing.assert_array_equal(fa, fb)
+    np.testing.assert_array_equal(sa, sb)
+    assert len(na) > 10 and len(ea) > 10
+    np.testing.assert_array_equal(na.ids, nb.ids)
+    np.testing.assert_array_equal(na.positions, nb.positions)
+    np.testing.assert_array_equal(ea.u, eb.u)
+    np.testing.assert_array_equal(ea.v, eb.v)
+    for name in ea.scores:
+        np.testing.assert_array_equal(ea.scores[name], eb.scores[name])
+
+
+def test_a_corrupt_input_chunk_is_named(demo_volume: Path, tmp_path: Path) -> None:
+    volume = copy_volume(demo_volume, tmp_path)
+    chunk = volume / "affs" / "c" / "0" / "5" / "3" / "3"
+    assert chunk.is_file()
+    chunk.write_bytes(b"\x00not zstd\xff" * 9)
+    yaml_path = write_pipeline_yaml(tmp_path / "pipeline", volume)
+    pipeline = BoundPipeline(PipelineConfig.from_yaml(yaml_path))
+    pipeline.prepare_outputs()
+    c, g = pipeline.config, pipeline.grid
+    job = FragmentsJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph)
+    # Voxel (20, 48, 48) lies in the last block (z2_y1_x1) and in no other block's read ROI.
+    with pytest.raises(ValueError) as info:
+        job(g.num_blocks - 1)
+    assert f"chunk file {chunk} cannot be decoded" in str(info.value)
+    assert job(0)["fragments"] > 0
