@@ -108,23 +108,23 @@ LOAD_CASES: dict[str, tuple[Setup, list[str]]] = {
     ),
     "segments written to the fragments array": (
         lambda out, vol: {"segments_array": str(out / "out.zarr" / "fragments")},
-        ["fragments_array:", "is (or lies inside, or contains) segments_array"],
+        ["segments_array:", "fragments is the fragments_array output", "its own path"],
     ),
     "fragments written over the affinities": (
         lambda out, vol: {"fragments_array": str(vol / "affs")},
-        ["fragments_array:", "the affinities input", "never written"],
+        ["fragments_array:", "affs is the affinities input", "never written"],
     ),
     "segments inside the ground truth array": (
         lambda out, vol: {"segments_array": str(vol / "labels" / "segments")},
-        ["segments_array:", "the ground_truth input"],
+        ["segments_array:", "lies inside the ground_truth input"],
     ),
     "lut inside an output array": (
         lambda out, vol: {"lut_path": str(out / "out.zarr" / "segments" / "lut.npz")},
-        ["segments_array:", "lut_path"],
+        ["lut_path:", "lut.npz lies inside the segments_array output"],
     ),
     "sqlite database over the mask": (
         lambda out, vol: {"mask": str(vol / "mask"), "db_url": f"sqlite:///{vol / 'mask'}"},
-        ["db_url:", "the mask input"],
+        ["db_url:", "mask is the mask input"],
     ),
     "lut_path is an existing folder": (
         lambda out, vol: (out / "out.zarr" / "lut.npz").mkdir(parents=True) or {},

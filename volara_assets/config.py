@@ -32,11 +32,14 @@ def sqlite_file(db_url: str) -> str | None:
     return database
 
 
-def _clash(a: str, b: str) -> bool:
-    """Whether paths ``a`` and ``b`` are the same or one lies inside the other."""
+def _clash(a: str, b: str) -> str | None:
+    """How path ``a`` clashes with path ``b``: ``"is"``, ``"lies inside"``, ``"contains"``,
+    or ``None`` when they are apart."""
     pa, pb = Path(os.path.normpath(a)).parts, Path(os.path.normpath(b)).parts
     n = min(len(pa), len(pb))
-    return pa[:n] == pb[:n]
+    if pa[:n] != pb[:n]:
+        return None
+    return "is" if len(pa) == len(pb) else "lies inside" if len(pa) > len(pb) else "contains"
 
 
 class _Model(BaseModel):
@@ -266,19 +269,20 @@ class PipelineConfig(_Model):
         outputs = self.output_paths
         for field, path in outputs.items():
             for other, source in inputs.items():
-                if _clash(path, source):
+                how = _clash(path, source)
+                if how is not None:
                     raise ValueError(
-                        f"{field}: {path} is (or lies inside, or contains) the {other} "
-                        f"input {source}; expected an output path apart from every input, "
-                        "which is never written"
+                        f"{field}: {path} {how} the {other} input {source}; expected an "
+                        "output path apart from every input (inputs are never written)"
                     )
         names = list(outputs)
         for i, field in enumerate(names):
-            for other in names[i + 1 :]:
-                if _clash(outputs[field], outputs[other]):
+            for other in names[:i]:
+                how = _clash(outputs[field], outputs[other])
+                if how is not None:
                     raise ValueError(
-                        f"{field}: {outputs[field]} is (or lies inside, or contains) "
-                        f"{other} {outputs[other]}; expected every output at its own path"
+                        f"{field}: {outputs[field]} {how} the {other} output "
+                        f"{outputs[other]}; expected every output at its own path"
                     )
 
     @property
