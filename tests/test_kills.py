@@ -202,6 +202,16 @@ def test_a_kill_inside_an_array_metadata_update_leaves_old_or_new_metadata(
 # ----------------------------------------------------------------------------- the whole CLI
 
 
+def test_the_instance_config_enables_run_monitoring(tmp_path: Path) -> None:
+    """dagster 1.13 reads dagster.yaml's run monitoring settings as written (see README)."""
+    with DagsterInstance.from_config(str(make_dagster_home(tmp_path))) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_runtime_seconds == 3600
+        assert instance.run_monitoring_start_timeout_seconds == 180
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+        assert instance.run_monitoring_poll_interval_seconds == 30
+
+
 def cli(yaml_path: Path, home: Path, cwd: Path) -> list[str]:
     return [
         dagster_bin("dagster"), "asset", "materialize", "-m", "volara_assets.definitions",
