@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-import sqlalchemy.exc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
