@@ -354,9 +354,12 @@ def test_bad_float_affinities_fail_their_blocks_before_the_kernel(
     assert instance.get_materialized_partitions(bp.key("fragments")) == set(keys) - failing
     frags = open_array(bp.config.fragments_array)
     grid = bp.built.pipeline.grid
+    rows = bp.built.pipeline.graph.store().rows_per_block("nodes", range(grid.num_blocks))
     for key in failing:
         [block] = grid.partition_blocks(key)
         assert not frags.read(block.write_roi).any(), key
+        assert rows[block.index] == 0, key
+    assert all(rows[b.index] > 0 for k in set(keys) - failing for b in grid.partition_blocks(k))
     if failing == set(keys):
         assert not (Path(bp.config.fragments_array) / "c").exists()
 
