@@ -10,6 +10,7 @@ only the blocks that hold the bad values.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,18 @@ def small_array(path: Path, shape=(24, 64, 64), offset=(0, 0, 0), voxel_size=DEM
 Setup = Callable[[Path, Path], dict[str, Any]]
 
 
+# A SQLAlchemy dialect whose driver this environment lacks (the first of a few).
+MISSING_DRIVER = next(
+    url
+    for url, module in (
+        ("postgresql+pg8000", "pg8000"),
+        ("mysql+mysqldb", "MySQLdb"),
+        ("oracle+oracledb", "oracledb"),
+    )
+    if importlib.util.find_spec(module) is None
+)
+
+
 def _blocker(out: Path) -> Path:
     """A plain file where a folder would have to be made."""
     (out / "blocker").write_text("a file, not a folder")
@@ -95,8 +108,8 @@ LOAD_CASES: dict[str, tuple[Setup, list[str]]] = {
         ["db_url: 'graph.sqlite' is not a SQLAlchemy URL", "sqlite:///"],
     ),
     "db driver not installed": (
-        lambda out, vol: {"db_url": "postgresql+pg8000://user@localhost/graph"},
-        ["db_url: the driver of 'postgresql+pg8000'", "is not installed"],
+        lambda out, vol: {"db_url": f"{MISSING_DRIVER}://user@localhost/graph"},
+        [f"db_url: the driver of '{MISSING_DRIVER}'", "is not installed"],
     ),
     "sqlite folder cannot be made": (
         lambda out, vol: {"db_url": f"sqlite:///{_blocker(out)}/sub/graph.sqlite"},
