@@ -1,8 +1,9 @@
 """Killed anywhere, still right: SIGKILL at seeded random moments, then check what is on disk.
 
 * The whole CLI (``dagster asset materialize``, process-pool blocks) is killed with
-  its process group at random moments; a rerun must then give bitwise the arrays
-  and exactly the rows of a clean run.
+  its process group at random moments of its work (drawn over the clean run's time
+  from its first step to its end); a rerun must then give bitwise the arrays and
+  exactly the rows of a clean run.
 * Inside the LUT write (temp file + rename): the LUT is the old one or the new one.
 * Inside a SQL block replace (one transaction): the block's rows are the old set or
   the new set, the other blocks' rows untouched. ``graph_url`` is the database
@@ -23,6 +24,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,12 +227,38 @@ def cli_env(yaml_path: Path, home: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(yaml_path: Path, home: Path, cwd: Path) -> None:
-    proc = subprocess.run(
+#: The CLI's log line that starts the work; kill moments are drawn from here on (before it,
+#: the CLI only loads the code location, which writes nothing).
+WORK_STARTS = 'Started execution of step "demo__fragments"'
+
+
+def start_cli(yaml_path: Path, home: Path, cwd: Path, log: Path) -> subprocess.Popen:
+    """Start the CLI in its own session; return once it starts the fragments step.
+
+    Its output goes to ``log`` (a thread keeps draining the pipe, so the CLI never
+    blocks on a full pipe).
+    """
+    proc = subprocess.Popen(
         cli(yaml_path, home, cwd), env=cli_env(yaml_path, home), cwd=cwd,
-        capture_output=True, text=True, timeout=900,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout is not None
+    sink = open(log, "w")  # noqa: SIM115 - closed by the draining thread
+    for line in proc.stdout:
+        sink.write(line)
+        if WORK_STARTS in line:
+            break
+    else:
+        sink.close()
+        raise AssertionError(f"the CLI ended before its first step: {log.read_text()[-3000:]}")
+
+    def drain() -> None:
+        with sink:
+            for rest in proc.stdout:
+                sink.write(rest)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return proc
 
 
 def snapshot(out: Path) -> dict[str, Any]:
@@ -254,9 +282,11 @@ def test_cli_killed_at_random_moments_then_rerun_equals_a_clean_run(
 ) -> None:
     clean_dir = tmp_path / "clean"
     yaml_path = write_pipeline_yaml(clean_dir, demo_volume)
+    proc = start_cli(yaml_path, make_dagster_home(tmp_path / "clean_home"), tmp_path,
+                     tmp_path / "clean.log")
     start = time.perf_counter()
-    run_cli(yaml_path, make_dagster_home(tmp_path / "clean_home"), tmp_path)
-    wall = time.perf_counter() - start  # kill moments are drawn over one clean run
+    assert proc.wait(timeout=900) == 0, (tmp_path / "clean.log").read_text()[-3000:]
+    wall = time.perf_counter() - start  # kill moments are drawn over the clean run's work
     clean = snapshot(clean_dir)
     assert len(clean["nodes"]) > 10 and len(clean["edges"]) > 10
 
@@ -267,13 +297,9 @@ def test_cli_killed_at_random_moments_then_rerun_equals_a_clean_run(
         yaml_path = write_pipeline_yaml(out, demo_volume)
         home = make_dagster_home(tmp_path / f"home{trial}")
         moment = rng.uniform(0.0, wall)
-        with open(tmp_path / f"trial{trial}.log", "w") as log:
-            proc = subprocess.Popen(
-                cli(yaml_path, home, tmp_path), env=cli_env(yaml_path, home), cwd=tmp_path,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-            time.sleep(moment)
-            kill_group(proc)
+        proc = start_cli(yaml_path, home, tmp_path, tmp_path / f"trial{trial}.log")
+        time.sleep(moment)
+        kill_group(proc)
         with DagsterInstance.from_config(str(home)) as instance:
             done = {
                 name: len(instance.get_materialized_partitions(AssetKey(["demo", name])))
@@ -291,13 +317,19 @@ def test_cli_killed_at_random_moments_then_rerun_equals_a_clean_run(
                 assert instance.get_run_by_id(record.dagster_run.run_id).status == (
                     DagsterRunStatus.FAILURE
                 )
-        run_cli(yaml_path, home, tmp_path)  # the rerun, into the same outputs and instance
+        # The rerun, into the same outputs and instance.
+        rerun = subprocess.run(
+            cli(yaml_path, home, tmp_path), env=cli_env(yaml_path, home), cwd=tmp_path,
+            capture_output=True, text=True, timeout=900,
+        )
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         after = snapshot(out)
         for name in clean:
             assert after[name] == clean[name], (trial, moment, name)
         identical += 1
     print(f"\nkill trials: {identical} of {KILL_TRIALS} identical to the clean run, "
           f"{killed} of them killed before they finished "
-          f"(clean run {wall:.1f} s; seed {KILL_SEED}); kills (s; materialized partitions "
+          f"(seed {KILL_SEED}, moments in s after the fragments step started, of the clean run's "
+          f"{wall:.1f} s); kills (s; materialized partitions "
           f"and fragment chunk files on disk before the rerun): {moments}")
     assert identical == KILL_TRIALS
