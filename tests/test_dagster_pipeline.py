@@ -400,6 +400,10 @@ def test_failing_blocks_fail_the_run_and_resume_only_recomputes_them(
     assert "10 of 12 partitions completed" in user.description
     for key in failing:
         assert f"{key}: " in user.description
+    # ... each naming the chunk file that could not be decoded.
+    for chunk, key in zip(corrupt, ("z0_y0_x0", "z2_y1_x1"), strict=True):
+        line = next(x for x in user.description.splitlines() if x.strip().startswith(key))
+        assert f"chunk file {chunk} cannot be decoded" in line
     assert sorted(user.metadata["failed_blocks"].value) == sorted(failing)
     # ... and each failing block was logged as an error with its key, as it happened.
     logged = {

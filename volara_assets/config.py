@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .geometry import Offset, check_context
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Fields naming data the pipeline reads; never written.
+INPUT_FIELDS = ("affinities", "mask", "ground_truth")
+#: Fields naming data the pipeline writes (the SQLite file of ``db_url`` too, see ``output_paths``).
+OUTPUT_FIELDS = ("fragments_array", "segments_array", "lut_path")
+
+
+def sqlite_file(db_url: str) -> str | None:
+    """The file of a ``sqlite://`` URL; ``None`` for other backends and in-memory databases."""
+    url = sa.engine.make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def _clash(a: str, b: str) -> str | None:
+    """How path ``a`` clashes with path ``b``: ``"is"``, ``"lies inside"``, ``"contains"``,
+    or ``None`` when they are apart."""
+    pa, pb = Path(os.path.normpath(a)).parts, Path(os.path.normpath(b)).parts
+    n = min(len(pa), len(pb))
+    if pa[:n] != pb[:n]:
+        return None
+    return "is" if len(pa) == len(pb) else "lies inside" if len(pa) > len(pb) else "contains"
 
 
 class _Model(BaseModel):
@@ -137,6 +164,28 @@ class PipelineConfig(_Model):
             )
         return name
 
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, db_url: str) -> str:
+        # The scheme is checked here (static); the driver and the SQLite folder,
+        # which depend on this machine, when the pipeline is bound to its data.
+        try:
+            url = sa.engine.make_url(db_url)
+        except sa.exc.ArgumentError as exc:
+            raise ValueError(
+                f"db_url: {db_url!r} is not a SQLAlchemy URL; expected e.g. "
+                "'sqlite:///path/graph.db' or 'postgresql://user@host/db'"
+            ) from exc
+        try:
+            url.get_dialect()
+        except sa.exc.NoSuchModuleError as exc:
+            raise ValueError(
+                f"db_url: unknown database scheme {url.drivername!r} in "
+                f"{url.render_as_string(hide_password=True)!r}; expected a SQLAlchemy "
+                "dialect such as 'sqlite', 'postgresql' or 'postgresql+psycopg'"
+            ) from exc
+        return db_url
+
     @field_validator("lut_path")
     @classmethod
     def _npz(cls, path: str | None) -> str | None:
@@ -210,7 +259,41 @@ class PipelineConfig(_Model):
         for attr in frags.node_attrs if frags is not None else ():
             if not IDENTIFIER.match(attr):
                 raise ValueError(f"fragments.node_attrs: {attr!r} must be a plain identifier")
+        self._check_paths()
         return self
+
+    def _check_paths(self) -> None:
+        """No output may be an input, lie inside one or contain one, nor share a path
+        with another output: a run would overwrite the data it reads or mix two
+        outputs in one array."""
+        inputs = {f: getattr(self, f) for f in INPUT_FIELDS if getattr(self, f)}
+        outputs = self.output_paths
+        for field, path in outputs.items():
+            for other, source in inputs.items():
+                how = _clash(path, source)
+                if how is not None:
+                    raise ValueError(
+                        f"{field}: {path} {how} the {other} input {source}; expected an "
+                        "output path apart from every input (inputs are never written)"
+                    )
+        names = list(outputs)
+        for i, field in enumerate(names):
+            for other in names[:i]:
+                how = _clash(outputs[field], outputs[other])
+                if how is not None:
+                    raise ValueError(
+                        f"{field}: {outputs[field]} {how} the {other} output "
+                        f"{outputs[other]}; expected every output at its own path"
+                    )
+
+    @property
+    def output_paths(self) -> dict[str, str]:
+        """Every path this pipeline writes, by field (``db_url`` for a SQLite file)."""
+        out = {f: getattr(self, f) for f in OUTPUT_FIELDS if getattr(self, f)}
+        db_file = sqlite_file(self.db_url)
+        if db_file is not None:
+            out["db_url"] = db_file
+        return out
 
     # -- derived -------------------------------------------------------------
     @property
@@ -265,14 +348,19 @@ class PipelineConfig(_Model):
             if rel and rel != ":memory:":
                 url = "sqlite:///" + str((base / rel).resolve())
         update["db_url"] = url
-        return self.model_copy(update=update)
+        # Validated again: two paths that differ as written may be one file once resolved.
+        return self.model_validate({**self.model_dump(), **update})
 
     # -- YAML ----------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
         """Load and validate a pipeline YAML file; relative paths resolve against its folder."""
         path = Path(path)
-        data = yaml.safe_load(path.read_text())
+        try:
+            # safe_load: a tag such as !!python/object never constructs an object.
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not a plain YAML pipeline file: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
         return cls.model_validate(data).resolve(path.parent)

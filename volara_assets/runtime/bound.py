@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 
-from ..config import PipelineConfig
+from ..config import PipelineConfig, sqlite_file
 from ..geometry import BlockGrid
 from ..storage.arrays import VolumeArray, create_array, open_array
 from ..storage.handles import ArrayHandle, GraphHandle, LutHandle
@@ -22,7 +25,11 @@ class BoundPipeline:
     """``config`` with its inputs opened and checked.
 
     Construction fails, before anything is written, when an input is missing or
-    does not match the config (channels, dtype, shape, voxel size).
+    does not match the config (channels, dtype, shape, offset, voxel size), when
+    an output cannot be written where the config puts it (a folder that cannot
+    be made, a LUT path that is a folder, an output array left by another
+    config), or when the database driver is not installed. Nothing is created
+    here: outputs are made by :meth:`prepare_outputs` or the steps' writers.
     """
 
     def __init__(self, config: PipelineConfig):
@@ -82,12 +89,62 @@ class BoundPipeline:
                     f"{field}: expected shape {tuple(affs.spatial_shape)} like the affinities, "
                     f"got {tuple(other.shape)} at {path}"
                 )
-            if tuple(other.voxel_size) != tuple(affs.voxel_size):
-                raise ValueError(
-                    f"{field}: expected voxel_size {tuple(affs.voxel_size)}, "
-                    f"got {tuple(other.voxel_size)}"
-                )
+            for name in ("offset", "voxel_size"):
+                want, found = tuple(getattr(affs, name)), tuple(getattr(other, name))
+                if found != want:
+                    raise ValueError(
+                        f"{field}: expected {name} {want} like the affinities, "
+                        f"got {found} at {path}"
+                    )
         self.grid  # noqa: B018 - builds and validates the grid
+        self.check_outputs()
+
+    def check_outputs(self) -> None:
+        """Every output can be written where the config puts it; nothing is created."""
+        config = self.config
+        for field in ("fragments_array", "segments_array"):
+            path = getattr(config, field)
+            if path is not None:
+                _check_creatable(field, path)
+                self._check_existing_array(field, path)
+        if config.lut_path is not None:
+            _check_creatable("lut_path", config.lut_path)
+            if Path(config.lut_path).exists() and not Path(config.lut_path).is_file():
+                raise ValueError(
+                    f"lut_path: {config.lut_path} exists and is not a file (a folder?); "
+                    "expected a .npz file path (the LUT is written there)"
+                )
+        _check_database(config.db_url)
+
+    def _check_existing_array(self, field: str, path: str) -> None:
+        """An array left at ``path`` by an earlier config must match this one: blocks of
+        two grids or dtypes never mix in one array."""
+        if not Path(path).exists():
+            return
+        try:
+            found = open_array(path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"{field}: {path} exists but is not a zarr array of 3 spatial axes ({exc}); "
+                f"delete it or set {field} to another path"
+            ) from exc
+        affs = self.affs_array
+        expected = {
+            "dtype": FRAGMENT_DTYPE,
+            "shape": tuple(affs.spatial_shape),
+            "offset": tuple(affs.offset),
+            "voxel_size": tuple(affs.voxel_size),
+            "chunks": tuple(self.grid.chunk_shape()),
+        }
+        for name, want in expected.items():
+            got = getattr(found, name)
+            if got != want:
+                why = " (one chunk per block)" if name == "chunks" else ""
+                raise ValueError(
+                    f"{field}: the array at {path} (from an earlier config?) has {name} "
+                    f"{got}, this config needs {want}{why}; delete it (its blocks cannot be "
+                    f"reused) or set {field} to another path"
+                )
 
     def prepare_outputs(self) -> None:
         """Create the output arrays and tables if absent (idempotent; checks a reused array)."""
@@ -107,6 +164,46 @@ class BoundPipeline:
             chunks=self.grid.chunk_shape(),
             axis_names=tuple(affs.axis_names[-3:]),
             units=tuple(affs.units),
+        )
+
+
+def _check_creatable(field: str, path: str) -> None:
+    """``path`` exists, or its nearest existing ancestor is a folder we may write in."""
+    target = Path(path)
+    if target.exists():
+        return
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(
+            f"{field}: cannot create {path}: {ancestor} is a file, expected a folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{field}: cannot create {path}: no permission to write in {ancestor}"
+        )
+
+
+def _check_database(db_url: str) -> None:
+    """The URL's driver imports here, and a SQLite file can be created or opened."""
+    url = sa.engine.make_url(db_url)
+    safe = url.render_as_string(hide_password=True)
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        raise ValueError(
+            f"db_url: the driver of {url.drivername!r} ({safe}) is not installed: {exc}; "
+            "install it or name an installed driver (e.g. 'postgresql+psycopg://...')"
+        ) from exc
+    database = sqlite_file(db_url)
+    if database is None:
+        return
+    _check_creatable("db_url", database)
+    if Path(database).exists() and not Path(database).is_file():
+        raise ValueError(
+            f"db_url: the SQLite database {database} exists and is not a file (a folder?); "
+            "expected a file path"
         )
 
 

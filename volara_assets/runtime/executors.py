@@ -166,5 +166,9 @@ def run_blocks(
             try:
                 result, seconds = future.result()
                 yield BlockOutcome(item, result=result, seconds=seconds)
-            except Exception as exc:  # noqa: BLE001 - reported per block
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - reported per block
+                # BaseException: a kernel's Rust panic (pyo3's PanicException) is not an
+                # Exception, and must fail its block, not the whole step.
                 yield BlockOutcome(item, error=f"{type(exc).__name__}: {exc}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import PipelineConfig
-from ..geometry import Block, BlockGrid
+from ..geometry import Block, BlockGrid, Roi
 from ..ops.edges import edge_scores
 from ..ops.fragments import extract_fragments, finish_block, fragment_nodes, label_counts
 from ..ops.relabel import relabel
@@ -24,6 +24,32 @@ def _count_segments(fragments: np.ndarray, lut: np.ndarray) -> int:
     ids, _ = label_counts(fragments)
     segments = relabel(ids, lut)
     return int(np.unique(segments[segments != 0]).size)
+
+
+def checked_affinities(affs: np.ndarray, path: str, roi: Roi) -> np.ndarray:
+    """``affs`` if its values are affinities; raise naming the array otherwise.
+
+    uint8 is 0..255 by definition. Floats must be probabilities in [0, 1]: a NaN
+    makes mwatershed panic (a Rust panic, which no ``except Exception`` catches),
+    and values on another scale (0..255 stored as float) segment silently into
+    garbage. Checked per block, before the kernel, so that only the blocks
+    holding bad values fail.
+    """
+    if affs.dtype.kind != "f" or affs.size == 0:
+        return affs
+    lo, hi = float(affs.min()), float(affs.max())  # NaN propagates into both
+    if np.isnan(lo) or np.isnan(hi):
+        raise ValueError(
+            f"affinities {path}: {int(np.isnan(affs).sum())} NaN values in the voxels "
+            f"{roi.begin}..{roi.end} this block reads; expected float affinities in [0, 1]"
+        )
+    if lo < 0.0 or hi > 1.0:
+        hint = " (stored as 0..255? store uint8, or divide by 255)" if hi > 1.0 else ""
+        raise ValueError(
+            f"affinities {path}: values in [{lo:g}, {hi:g}] in the voxels {roi.begin}..{roi.end} "
+            f"this block reads; expected float affinities in [0, 1]{hint}"
+        )
+    return affs
 
 
 def _write_slices(block: Block) -> tuple[slice, slice, slice]:
@@ -45,6 +71,7 @@ class FragmentsJob:
         params = self.config.require("fragments")
         # Read ROIs of neighbouring blocks overlap: reuse the chunks decoded for the last one.
         affs = self.affinities.read_reusing_chunks(block.read_roi)
+        affs = checked_affinities(affs, self.affinities.path, block.read_roi)
         mask = self.mask.read_reusing_chunks(block.read_roi) if self.mask is not None else None
         labels = extract_fragments(
             affs,
@@ -113,7 +140,10 @@ class EdgesJob:
         """
         used = {tuple(o) for group in self.config.score_groups.values() for o in group}
         if any(c < 0 for o in used for c in o):
-            return self.fragments.read(block.read_roi), self.affinities.read(block.read_roi)
+            affs = self.affinities.read(block.read_roi)
+            return self.fragments.read(block.read_roi), checked_affinities(
+                affs, self.affinities.path, block.read_roi
+            )
         reach = tuple(max(o[axis] for o in used) for axis in range(3))
         axis_aligned = all(sum(c != 0 for c in o) == 1 for o in used)
         box, pieces = self.grid.forward_reach(block.index, reach, axis_aligned=axis_aligned)
@@ -123,7 +153,9 @@ class EdgesJob:
             labels[piece.relative_to(box.begin).slices] = self.fragments.read_reusing_chunks(
                 piece, keep=len(pieces)
             )
-        inner = self.affinities.read(block.write_roi)
+        inner = checked_affinities(
+            self.affinities.read(block.write_roi), self.affinities.path, block.write_roi
+        )
         affs = np.zeros((inner.shape[0], *box.shape), dtype=inner.dtype)
         affs[(slice(None), *block.write_roi.relative_to(box.begin).slices)] = inner
         return labels, affs

@@ -24,6 +24,7 @@ __all__ = [
     "VolumeArray",
     "create_array",
     "open_array",
+    "raise_bad_chunk",
 ]
 
 # The attribute names funlib.persistence 0.7 writes (its default MetaDataFormat),
@@ -294,17 +295,29 @@ class VolumeArray:
         """
         inside = roi.intersect(self.volume_roi)
         channels = tuple(self.shape[: self.channel_dims])
-        if inside == roi:
-            return np.asarray(self.zarr_array[(Ellipsis, *roi.slices)])
-        out = np.zeros(channels + tuple(roi.shape), dtype=self.dtype)
-        if not inside.empty:
-            target = out[(Ellipsis, *inside.relative_to(roi.begin).slices)]
-            # Decode straight into the output's view: no second buffer the size of the ROI.
-            self.zarr_array.get_basic_selection(
-                (Ellipsis, *inside.slices),
-                out=default_buffer_prototype().nd_buffer.from_numpy_array(target),
-            )
+        try:
+            if inside == roi:
+                return np.asarray(self.zarr_array[(Ellipsis, *roi.slices)])
+            out = np.zeros(channels + tuple(roi.shape), dtype=self.dtype)
+            if not inside.empty:
+                target = out[(Ellipsis, *inside.relative_to(roi.begin).slices)]
+                # Decode straight into the output's view: no second buffer the size of the ROI.
+                self.zarr_array.get_basic_selection(
+                    (Ellipsis, *inside.slices),
+                    out=default_buffer_prototype().nd_buffer.from_numpy_array(target),
+                )
+        except Exception as exc:
+            raise_bad_chunk(self, inside, exc)
+            raise
         return out
+
+    def chunk_file(self, coords: Sequence[int]) -> str:
+        """Where the chunk at grid position ``coords`` (every axis, channels first) is stored:
+        its file for a local array, else its store key."""
+        key = self.zarr_array.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+        z = self.zarr_array
+        root = getattr(z.store, "root", None)
+        return str(Path(root) / z.path / key) if root is not None else f"{self._path}/{key}"
 
     def write(self, roi: Roi, data: np.ndarray) -> None:
         """Write ``data`` into a voxel ROI that lies inside the array.
@@ -350,6 +363,33 @@ class VolumeArray:
             )
         _check_castable(data, self.dtype, self._path)
         self.zarr_array[(Ellipsis, *roi.slices)] = data
+
+
+def raise_bad_chunk(array: VolumeArray, roi: Roi, exc: BaseException) -> None:
+    """Re-raise a failed read of ``roi`` naming the first chunk file that cannot be decoded.
+
+    zarr reports a corrupt chunk (e.g. "Zstd decompression error") without saying
+    which one; the chunks under ``roi`` are decoded one by one to find it. Returns
+    (so the caller re-raises ``exc``) if every chunk decodes on its own.
+    """
+    if roi.empty:
+        return
+    chunks = array.chunks
+    spatial = chunks[array.channel_dims :]
+    channel_ranges = [range(-(-n // c)) for n, c in zip(array.shape, chunks, strict=False)][
+        : array.channel_dims
+    ]
+    ranges = channel_ranges + [
+        range(b // c, (e - 1) // c + 1) for b, e, c in zip(roi.begin, roi.end, spatial, strict=True)
+    ]
+    for coords in itertools.product(*ranges):
+        try:
+            array.zarr_array.get_block_selection(coords)
+        except Exception as chunk_exc:  # noqa: BLE001 - any decoding failure names the file
+            raise ValueError(
+                f"chunk file {array.chunk_file(coords)} cannot be decoded "
+                f"({type(chunk_exc).__name__}: {chunk_exc}); restore or rewrite that chunk"
+            ) from exc
 
 
 def _check_castable(data: np.ndarray, dtype: np.dtype, path: str) -> None:
@@ -484,7 +524,11 @@ class ChunkCache:
                 (lo[0] * chunk[0], lo[1] * chunk[1], x * chunk[2]),
                 ((hi[0] - lo[0]) * chunk[0], (hi[1] - lo[1]) * chunk[1], chunk[2]),
             ).intersect(self.array.volume_roi)
-            data = np.asarray(self.array.zarr_array[(Ellipsis, *box.slices)])
+            try:
+                data = np.asarray(self.array.zarr_array[(Ellipsis, *box.slices)])
+            except Exception as exc:
+                raise_bad_chunk(self.array, box, exc)
+                raise
             exact = len(column) == (hi[0] - lo[0]) * (hi[1] - lo[1])
             for coords in column:
                 view = data[(Ellipsis, *self._chunk_roi(coords).relative_to(box.begin).slices)]

@@ -92,10 +92,18 @@ def load_lut(path: str | Path) -> np.ndarray:
     file = lut_path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no lookup table at {file}")
+    # allow_pickle=False: an object array in a LUT file would run code when unpickled.
     with np.load(file, allow_pickle=False) as data:
         if LUT_KEY not in data:
             raise ValueError(f"{file}: no array {LUT_KEY!r}; found {sorted(data.files)}")
-        lut = _check_lut(data[LUT_KEY], str(file))
+        try:
+            stored = data[LUT_KEY]
+        except ValueError as exc:
+            raise ValueError(
+                f"{file}: {LUT_KEY!r} is a pickled object array, which is never loaded; "
+                "expected a (2, K) integer array"
+            ) from exc
+        lut = _check_lut(stored, str(file))
     if lut.dtype.kind == "i" and lut.size and int(lut.min()) < 0:
         raise ValueError(f"{file}: ids must be non-negative, found {int(lut.min())}")
     return lut.astype(np.uint64)
