@@ -21,7 +21,7 @@ from volara_assets.tables import NodeTable
 
 
 def make_dev_command(*overrides: str) -> str:
-    """The ``dagster dev`` line ``make dev`` would run (``make -n``: nothing is run)."""
+    """The ``dg dev`` line ``make dev`` would run (``make -n``: nothing is run)."""
     proc = subprocess.run(
         ["make", "-n", "-C", str(REPO), "dev", *overrides],
         capture_output=True,
@@ -29,7 +29,7 @@ def make_dev_command(*overrides: str) -> str:
         timeout=60,
         check=True,
     )
-    [line] = [x for x in proc.stdout.splitlines() if " dev -w workspace.yaml" in x]
+    [line] = [x for x in proc.stdout.splitlines() if "/dg dev " in x]
     return line
 
 
@@ -39,7 +39,7 @@ def test_make_dev_binds_the_webserver_to_loopback_unless_told() -> None:
 
 
 def test_dagster_dev_and_webserver_default_to_loopback() -> None:
-    # `dagster dev` without -h passes no host on, so the webserver's own default holds.
+    # `dg dev` / `dagster dev` without -h pass no host on, so the webserver's default holds.
     from dagster_webserver.cli import dagster_webserver
 
     [host] = [p for p in dagster_webserver.params if p.name == "host"]
