@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 DATA ?= data
 
-.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean browser screenshot
+.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory bench-scale clean browser screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,3 +91,15 @@ bench-floor: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
+
+# Issue 13: Dagster bookkeeping on 8,000 and 64,000 tiny blocks (code location load,
+# snapshot size, run seconds per block, sensor ticks, observation, GraphQL), default
+# partitions and explicit bricks, then the LUT step's bytes per edge at 10^6 and 10^7
+# edges. SCALE_DAGSTER_YAML: the instance config to copy (e.g. a PostgreSQL one).
+SCALE_DAGSTER_YAML ?= dagster.yaml
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py volumes --blocks 8000 --run-blocks 200 \
+	  --dagster-yaml $(SCALE_DAGSTER_YAML)
+	$(BIN)/python benchmarks/scale.py volumes --blocks 64000 --run-partitions 20 \
+	  --dagster-yaml $(SCALE_DAGSTER_YAML)
+	$(BIN)/python benchmarks/scale.py lut --edges 1000000 10000000
