@@ -233,19 +233,38 @@ class BlockGrid:
 
     def block(self, index: int) -> Block:
         """The block with z-major ``index`` (0 <= index < num_blocks)."""
+        index = int(index)
         if not 0 <= index < self.num_blocks:
             raise IndexError(f"block index {index} outside [0, {self.num_blocks})")
-        coords: Coord = tuple(int(c) for c in np.unravel_index(index, self.grid_shape))  # type: ignore[assignment]
-        begin = tuple(c * b for c, b in zip(coords, self.block_size, strict=True))
-        write = Roi(begin, self.block_size).intersect(self.volume_roi)  # type: ignore[arg-type]
-        return Block(index, coords, self.block_key(coords), write, write.grow(self.context))
+        # Plain integer arithmetic: called for every block of every partition by steps,
+        # observations and checks, where numpy's scalar calls cost more than the work.
+        _, gy, gx = self.grid_shape
+        z, rest = divmod(index, gy * gx)
+        y, x = divmod(rest, gx)
+        coords = (z, y, x)
+        begin = (z * self.block_size[0], y * self.block_size[1], x * self.block_size[2])
+        shape = tuple(
+            min(b + s, v) - b
+            for b, s, v in zip(begin, self.block_size, self.shape, strict=True)
+        )
+        write = Roi(begin, shape)  # type: ignore[arg-type]
+        c = self.context
+        read = Roi(
+            (begin[0] - c[0], begin[1] - c[1], begin[2] - c[2]),
+            (shape[0] + 2 * c[0], shape[1] + 2 * c[1], shape[2] + 2 * c[2]),
+        )
+        return Block(index, coords, self.block_key(coords), write, read)
 
     def blocks(self) -> Iterator[Block]:
         for index in range(self.num_blocks):
             yield self.block(index)
 
     def block_index(self, coords: Sequence[int]) -> int:
-        return int(np.ravel_multi_index(tuple(coords), self.grid_shape))
+        z, y, x = (int(c) for c in coords)
+        _, gy, gx = self.grid_shape
+        if not all(0 <= c < g for c, g in zip((z, y, x), self.grid_shape, strict=True)):
+            raise ValueError(f"block coords {tuple(coords)} outside the grid {self.grid_shape}")
+        return (z * gy + y) * gx + x
 
     def block_key(self, coords: Sequence[int]) -> str:
         return grid_key(coords, self.grid_shape)
