@@ -293,9 +293,9 @@ def agglomerate_stream(
         iu = np.searchsorted(ids, u)
         iv = np.searchsorted(ids, v)
         for end, index in ((u, iu), (v, iv)):
-            np.minimum(index, len(ids) - 1, out=index)
-            if len(ids) == 0 or np.any(ids[index] != end):
-                missing = end[(ids[index] != end) if len(ids) else slice(None)][0]
-                raise ValueError(f"edge endpoint {int(missing)} is not in node_ids")
+            found = index < len(ids)
+            found[found] = ids[index[found]] == end[found]
+            if not found.all():
+                raise ValueError(f"edge endpoint {int(end[~found][0])} is not in node_ids")
         mws_state.add_edges(iu, iv, np.asarray(score) > 0)
     return np.stack([ids, mws_state.smallest_member(ids)]).astype(np.uint64)
