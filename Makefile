@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 DATA ?= data
 
-.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory clean browser postgres \
-  screenshot
+.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory bench-scale clean \
+  browser postgres screenshot
 
 # pip -qq: errors only. Without it a machine whose pip config names absent index folders
 # prints a warning per package (about 20 KB on every fresh install); failures still show.
@@ -116,3 +116,19 @@ bench-floor: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
+
+# Issue 13: Dagster bookkeeping on 8,000 and 64,000 tiny blocks (code location load,
+# snapshot size, run seconds per block, sensor ticks, observation, GraphQL) with the
+# default partitions (auto bricks) and explicit bricks; load and run with one block per
+# partition (the old default; its observation takes minutes, so it is not measured);
+# then the LUT step's bytes per edge at 10^6 and 10^7 edges.
+# SCALE_DAGSTER_YAML: the instance config to copy (e.g. a PostgreSQL one).
+SCALE_DAGSTER_YAML ?= dagster.yaml
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py volumes --blocks 8000 --run-blocks 200 \
+	  --configs default bricks --bricks 2 2 2 --dagster-yaml $(SCALE_DAGSTER_YAML)
+	$(BIN)/python benchmarks/scale.py volumes --blocks 64000 --run-partitions 20 \
+	  --configs default --dagster-yaml $(SCALE_DAGSTER_YAML)
+	$(BIN)/python benchmarks/scale.py volumes --blocks 8000 64000 --run-partitions 20 \
+	  --configs single --steps load run --dagster-yaml $(SCALE_DAGSTER_YAML)
+	$(BIN)/python benchmarks/scale.py lut --edges 1000000 10000000

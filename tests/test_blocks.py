@@ -30,11 +30,11 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_pipeline(volume: Path, out: Path) -> BoundPipeline:
+def make_pipeline(volume: Path, out: Path, affinities: str = "affs") -> BoundPipeline:
     config = PipelineConfig.model_validate(
         dict(
             name="blocks",
-            affinities=str(volume / "affs"),
+            affinities=str(volume / affinities),
             neighborhood=HOOD,
             ground_truth=str(volume / "labels"),
             fragments_array=str(out / "out.zarr" / "fragments"),
@@ -75,6 +75,34 @@ def reference(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> BoundPi
     pipeline = make_pipeline(volume, tmp_path_factory.mktemp("ref"))
     run(pipeline, list(range(pipeline.grid.num_blocks)))
     return pipeline
+
+
+@pytest.mark.parametrize("affinities", ["affs", "affs_noisy"])
+def test_streamed_lut_equals_the_in_memory_lut_on_the_demo_volume(
+    volume: Path, reference: BoundPipeline, tmp_path: Path, affinities: str
+):
+    from volara_assets.ops.agglomerate import agglomerate_stream
+
+    if affinities == "affs":
+        pipeline = reference
+    else:  # noisy: far more repulsive edges and mutex decisions
+        pipeline = make_pipeline(volume, tmp_path, affinities)
+        c, g = pipeline.config, pipeline.grid
+        for job in (
+            FragmentsJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph),
+            EdgesJob(c, g, pipeline.affinities, pipeline.fragments, pipeline.graph),
+        ):
+            for i in range(g.num_blocks):
+                job(i)
+    store = pipeline.graph.store()
+    weights = pipeline.config.lut.weights
+    expected = agglomerate(store.read_nodes().ids, store.read_edges(), weights)
+    streamed = agglomerate_stream(
+        store.graph_node_ids(), store.edges_by_score(weights, chunk_size=1000)
+    )
+    np.testing.assert_array_equal(streamed, expected)
+    assert store.count_edges() > 1000  # several chunks
+    assert 0 < len(np.unique(expected[1])) < expected.shape[1]
 
 
 def test_perfect_affinities_reproduce_the_ground_truth(reference: BoundPipeline):

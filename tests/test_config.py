@@ -27,6 +27,17 @@ def make(**changes):
     return PipelineConfig.model_validate({**BASE, **changes})
 
 
+def test_blocks_per_partition_defaults_to_auto_and_keeps_explicit_bricks(tmp_path: Path):
+    assert make().blocks_per_partition == "auto"
+    assert make(blocks_per_partition=[2, 1, 4]).blocks_per_partition == (2, 1, 4)
+    path = tmp_path / "p.yaml"
+    make(blocks_per_partition="auto").to_yaml(path)
+    assert "blocks_per_partition: auto" in path.read_text()
+    assert PipelineConfig.from_yaml(path).blocks_per_partition == "auto"
+    with pytest.raises(ValidationError, match="blocks_per_partition"):
+        make(blocks_per_partition="big")
+
+
 def test_valid_config_derives_score_groups_and_lut_suffix():
     config = make()
     assert config.score_groups == {"zyx_aff": [(1, 0, 0), (0, 1, 0), (0, 0, 1)]}

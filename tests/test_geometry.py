@@ -97,6 +97,34 @@ def test_bricks_group_blocks_into_partitions():
     assert len(g.partition_neighbours("z0_y0_x0")) == 7
 
 
+def test_auto_bricks_keep_small_grids_per_block_and_bound_large_ones():
+    from volara_assets.geometry import auto_blocks_per_partition
+
+    # Small grids (<= 1024 blocks): one block per partition, whatever the block size.
+    assert auto_blocks_per_partition((3, 3, 3), (20, 100, 100)) == (1, 1, 1)
+    assert auto_blocks_per_partition((8, 8, 16), (8, 32, 32)) == (1, 1, 1)
+    # 8,000 tiny (8, 32, 32) blocks: 4 x 4 x 4 = 2**19 voxels per brick, 125 partitions.
+    g = BlockGrid((160, 640, 640), (8, 32, 32), blocks_per_partition="auto")
+    assert g.blocks_per_partition == (4, 4, 4) and len(g.partition_keys) == 125
+    # Blocks already >= 2**19 voxels on a 300 x 300 x 2 grid: bricks only to stay
+    # under 4096 partitions, never thicker than the grid along z.
+    g = BlockGrid((64, 38400, 38400), (32, 128, 128), blocks_per_partition="auto")
+    assert g.blocks_per_partition == (2, 8, 4)
+    assert g.partition_grid_shape == (1, 38, 75)  # 2850 partitions
+    # A million blocks: bricks of 8 x 8 x 8, 13**3 = 2197 partitions.
+    assert auto_blocks_per_partition((100, 100, 100), (8, 32, 32)) == (8, 8, 8)
+
+
+def test_halo_mapping_is_every_partition_with_its_neighbours():
+    g = BlockGrid((40, 128, 96), (8, 32, 32), blocks_per_partition=(2, 2, 1))
+    halo = g.partition_halo_mapping()
+    assert list(halo) == g.partition_keys
+    for key in g.partition_keys:
+        assert halo[key] == {key, *g.partition_neighbours(key)}
+    # A corner partition of the (3, 2, 3) partition grid has 7 neighbours, the middle 17.
+    assert len(halo["z0_y0_x0"]) == 8 and len(halo["z1_y0_x1"]) == 18
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [

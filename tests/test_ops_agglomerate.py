@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from volara_assets.ops import agglomerate, edge_scores, relabel
+from volara_assets.ops.agglomerate import agglomerate_stream, scored_edges
 from volara_assets.tables import EdgeTable
 
 
@@ -111,3 +112,77 @@ def test_large_ids_survive_edges_lut_and_relabel():
     assert seg[a] == seg[b] == a and seg[c] == c
     segments = relabel(fragments, lut)
     assert segments.ravel().tolist() == [seg[a]] * 4 + [c, c]
+
+
+# -- streaming kernel -----------------------------------------------------------------------
+
+
+def random_graph(seed: int, n: int = 300, m: int = 2500) -> tuple[np.ndarray, EdgeTable]:
+    """Node ids 1..n and edges to nearby ids; two score groups, some NaN; no score ties."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(1, n, m)
+    v = np.minimum(u + rng.integers(1, 20, m), n)
+    pairs = np.unique(np.stack([u, v], axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] < pairs[:, 1]]
+    scores = {"a": rng.random(len(pairs)), "b": rng.random(len(pairs))}
+    scores["b"][rng.random(len(pairs)) < 0.3] = np.nan
+    scores["a"][rng.random(len(pairs)) < 0.1] = np.nan
+    return np.arange(1, n + 1, dtype=np.uint64), EdgeTable(pairs[:, 0], pairs[:, 1], scores)
+
+
+def chunks(u, v, score, size):
+    return [(u[i : i + size], v[i : i + size], score[i : i + size]) for i in range(0, len(u), size)]
+
+
+@pytest.mark.parametrize("edge_per_attr", [True, False])
+@pytest.mark.parametrize("seed", range(8))
+def test_streamed_kernel_gives_the_lut_of_mwatershed_cluster(seed, edge_per_attr):
+    nodes, edges = random_graph(seed)
+    weights = {"a": (1.0, -0.5), "b": (-2.0, 1.1)}
+    expected = agglomerate(nodes, edges, weights, edge_per_attr)
+    u, v, score = scored_edges(edges, weights, edge_per_attr)
+    got = agglomerate_stream(nodes, chunks(u, v, score, 97))
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.uint64
+    # Some merges and some mutexes happened, so the comparison says something.
+    assert 1 < len(np.unique(got[1])) < len(nodes)
+
+
+def test_a_mutex_blocks_a_later_merge_and_segments_take_the_smallest_id():
+    # 2-3 repulsive first, then 1-2 and 1-3 attractive: 1 joins 2, then 3 may not
+    # join {1, 2}. 4-5 attractive, 4 isolated from the rest.
+    u = np.array([2, 1, 1, 4], dtype=np.uint64)
+    v = np.array([3, 2, 3, 5], dtype=np.uint64)
+    score = np.array([-0.9, 0.8, 0.7, 0.1])
+    lut = agglomerate_stream(np.arange(1, 7, dtype=np.uint64), [(u, v, score)])
+    assert as_dict(lut) == {1: 1, 2: 1, 3: 3, 4: 4, 5: 4, 6: 6}
+
+
+def test_mutexes_follow_merged_clusters():
+    # 1-2 mutex; then 2 joins 3 and 1 joins 4: 3-4 must not merge (their clusters hold
+    # the 1-2 mutex), though neither 3 nor 4 was in a repulsive edge.
+    u = np.array([1, 2, 1, 3], dtype=np.uint64)
+    v = np.array([2, 3, 4, 4], dtype=np.uint64)
+    score = np.array([-1.0, 0.9, 0.8, 0.7])
+    lut = agglomerate_stream(np.arange(1, 5, dtype=np.uint64), chunks(u, v, score, 1))
+    assert as_dict(lut) == {1: 1, 2: 2, 3: 2, 4: 1}
+
+
+def test_kernel_grows_its_mutex_storage_exactly_as_needed():
+    from volara_assets.ops.agglomerate import MutexWatershed
+
+    n = 3000
+    state = MutexWatershed(n)
+    u = np.arange(0, n - 1)
+    state.add_edges(u, u + 1, np.zeros(n - 1, dtype=bool))  # a chain of mutexes
+    assert state.mutex_entries == 2 * (n - 1)
+    state.add_edges(u, u + 1, np.ones(n - 1, dtype=bool))  # all blocked
+    assert state.mutex_entries == 2 * (n - 1)
+    ids = np.arange(1, n + 1, dtype=np.uint64)
+    np.testing.assert_array_equal(state.smallest_member(ids), ids)
+
+
+def test_stream_rejects_an_endpoint_that_is_not_a_node():
+    u, v = np.array([1], dtype=np.uint64), np.array([9], dtype=np.uint64)
+    with pytest.raises(ValueError, match="edge endpoint 9 is not in node_ids"):
+        agglomerate_stream(np.array([1, 2], dtype=np.uint64), [(u, v, np.array([0.5]))])

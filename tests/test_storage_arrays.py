@@ -393,6 +393,25 @@ def test_chunk_cache_reads_like_read_and_decodes_shared_chunks_once(tmp_path):
     assert np.array_equal(cache.read(Roi((-3, -3, -3), (2, 2, 2))), np.zeros((3, 2, 2, 2)))
 
 
+def test_chunk_cache_reads_never_written_chunks_as_the_fill_value(tmp_path):
+    from volara_assets.storage import ChunkCache
+
+    affs = create_array(
+        tmp_path / "c.zarr" / "affs", (8, 20, 20), np.uint8, offset=(0, 0, 0),
+        voxel_size=(1, 1, 1), chunks=(4, 10, 10), num_channels=2, fill_value=7,
+    )
+    affs.write(Roi((0, 0, 0), (4, 10, 10)), np.ones((2, 4, 10, 10), np.uint8))
+    cache = ChunkCache(affs)
+    roi = Roi((2, 5, 5), (4, 10, 10))  # one written chunk, seven never written
+    got = cache.read(roi)
+    assert np.array_equal(got, affs.read(roi))
+    assert got[0, 0, 0, 0] == 1 and got[1, -1, -1, -1] == 7
+    assert cache.decoded == 1  # only the written chunk went through zarr
+    # Writing an absent chunk later is seen (its stat changes from absent).
+    affs.write(Roi((4, 10, 10), (4, 10, 10)), np.full((2, 4, 10, 10), 3, np.uint8))
+    assert cache.read(roi)[1, -1, -1, -1] == 3
+
+
 def test_chunk_cache_with_a_chunked_channel_axis_and_a_memory_budget(tmp_path):
     from volara_assets.storage import ChunkCache
 

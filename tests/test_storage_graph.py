@@ -236,3 +236,43 @@ def test_two_processes_write_concurrently(url):
     for block in (0, 17, 39):
         assert_nodes_equal(store.block_nodes(block), nodes_of_block(block))
         assert_edges_equal(store.block_edges(block), edges_of_block(block))
+
+
+@pytest.mark.parametrize("edge_per_attr", [True, False])
+def test_edges_by_score_streams_the_in_memory_order_bit_for_bit(store, edge_per_attr):
+    from volara_assets.ops.agglomerate import scored_edges
+
+    rng = np.random.default_rng(3)
+    u = np.arange(1, 400, dtype=np.uint64)
+    v = u + rng.integers(1, 9, len(u)).astype(np.uint64)
+    aff = rng.random(len(u))
+    adj = rng.random(len(u))
+    adj[::3] = np.nan
+    aff[::7] = np.nan
+    # Equal |score| on both sides of zero (0.75 and 0.25 score +-0.25): ties by (u, v).
+    aff[10], aff[20] = 0.75, 0.25
+    store.write_edges(0, EdgeTable(u, v, {"zyx_aff": aff, "adj_weight": adj}))
+    weights = {"adj_weight": (-2.0, 1.1), "zyx_aff": (1.0, -0.5)}
+    expected = scored_edges(store.read_edges(), weights, edge_per_attr)
+    got = list(store.edges_by_score(weights, edge_per_attr, chunk_size=50))
+    assert len(got) > 1 and all(len(c[0]) <= 50 for c in got)
+    for column, want in zip(zip(*got, strict=True), expected, strict=True):
+        np.testing.assert_array_equal(np.concatenate(column), want)
+    u_got = np.concatenate([c[0] for c in got])
+    assert u_got.dtype == np.uint64
+    scores = np.concatenate([c[2] for c in got])
+    assert np.all(np.diff(np.abs(scores)) <= 0)
+
+
+def test_edges_by_score_rejects_an_unknown_weight(store):
+    with pytest.raises(ValueError, match="'adj' is not an edge score"):
+        next(store.edges_by_score({"adj": (1.0, 0.0)}))
+
+
+def test_graph_node_ids_are_the_nodes_and_every_edge_endpoint(store):
+    store.write_nodes(0, nodes_of_block(0))  # ids 1, 2, 3
+    # 3-12 and 12-40: 12 and 40 have no node row (a graph written by another tool).
+    store.write_edges(0, EdgeTable([3, 12], [12, 40], {"zyx_aff": [0.1, 0.2]}))
+    ids = store.graph_node_ids(chunk_size=2)
+    assert ids.dtype == np.uint64
+    assert ids.tolist() == [1, 2, 3, 12, 40]

@@ -140,7 +140,10 @@ class PipelineConfig(_Model):
     db_url: str
     block_size: Offset
     context: Offset
-    blocks_per_partition: Offset = (1, 1, 1)
+    # Blocks per Dagster partition (a brick); "auto": one block per partition on small
+    # grids, bricks of ~2**19 voxels and at most 4096 partitions on large ones
+    # (geometry.auto_blocks_per_partition).
+    blocks_per_partition: Offset | Literal["auto"] = "auto"
     # Step sections are optional so that a pipeline can be declared one step at
     # a time (the tutorial front door); running a step without its section fails.
     fragments: FragmentsConfig | None = None
@@ -212,8 +215,8 @@ class PipelineConfig(_Model):
 
     @field_validator("context", "blocks_per_partition")
     @classmethod
-    def _non_negative(cls, v: Offset) -> Offset:
-        if any(x < 0 for x in v):
+    def _non_negative(cls, v: Offset | str) -> Offset | str:
+        if v != "auto" and any(x < 0 for x in v):
             raise ValueError(f"expected non-negative entries, got {v}")
         return v
 
@@ -238,7 +241,7 @@ class PipelineConfig(_Model):
                 f"{reach}; expected context >= {reach} on every axis"
             )
         check_context(self.context, self.block_size)
-        if any(b < 1 for b in self.blocks_per_partition):
+        if self.blocks_per_partition != "auto" and any(b < 1 for b in self.blocks_per_partition):
             raise ValueError(
                 f"blocks_per_partition: every entry must be >= 1, got {self.blocks_per_partition}"
             )

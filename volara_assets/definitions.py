@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from dagster import Definitions, definitions, in_process_executor
 
@@ -60,8 +61,30 @@ def build_definitions(
     )
 
 
+#: Definitions built in this process, by pipeline files' contents and block executor.
+_LOADED: dict[tuple[Any, ...], Definitions] = {}
+
+
 def load_definitions(spec: str | None = None) -> Definitions:
-    return build_definitions([PipelineConfig.from_yaml(p) for p in pipeline_files(spec)])
+    """``Definitions`` of the pipelines named by ``spec``, built once per process.
+
+    A ``dagster`` CLI run asks for the code location several times (the command,
+    the job it reconstructs, the run); with 10^3-10^4 partitions each build cost
+    a noticeable share of a short run. Any change to a YAML file's bytes or to
+    the executor's environment variables builds anew.
+    """
+    files = pipeline_files(spec)
+    executor = BlockExecutor.from_env()
+    key = (
+        tuple((str(p.resolve()), p.read_bytes()) for p in files),
+        executor.model_dump_json(),
+    )
+    found = _LOADED.get(key)
+    if found is None:
+        found = build_definitions([PipelineConfig.from_yaml(p) for p in files], executor)
+        _LOADED.clear()  # one code location per process: never grow
+        _LOADED[key] = found
+    return found
 
 
 @definitions

@@ -56,11 +56,11 @@ from dagster import (
 )
 
 from ..config import PipelineConfig
-from ..ops.agglomerate import agglomerate
+from ..ops.agglomerate import agglomerate_stream
 from ..runtime.bound import BoundPipeline, bound_pipeline
 from ..runtime.jobs import EdgesJob, FragmentsJob, SegmentsJob
 from ..storage.handles import ArrayHandle, LutHandle
-from ..tables import EdgeTable, NodeTable
+from ..tables import NodeTable
 from .automation import (
     build_affinities_asset,
     build_automation_sensor,
@@ -219,10 +219,10 @@ def _edges_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
 def _lut_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
     @asset(
         key=w.key("lut"),
-        ins={
-            "fragment_nodes": AssetIn(w.key("fragment_nodes")),
-            "edges": AssetIn(w.key("edges")),
-        },
+        ins={"fragment_nodes": AssetIn(w.key("fragment_nodes"))},
+        # Edges are not loaded as an input: they are streamed from the graph store in
+        # score order (memory per node, not per edge; see ops.agglomerate).
+        deps=[w.key("edges")],
         io_manager_key=w.io_key("lut"),
         # Lets one CLI call with --partition-range run the whole pipeline.
         backfill_policy=BackfillPolicy.single_run(),
@@ -230,12 +230,14 @@ def _lut_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
         automation_condition=automation["lut"],
         description="Fragment -> segment lookup table (global mutex watershed), volara .npz.",
     )
-    def lut(context: AssetExecutionContext, fragment_nodes: NodeTable, edges: EdgeTable):
+    def lut(context: AssetExecutionContext, fragment_nodes: NodeTable):
         start = time.perf_counter()
         params = w.config.require("lut")
-        table = agglomerate(fragment_nodes.ids, edges, params.weights, params.edge_per_attr)
-        table = np.asarray(table)
-        metadata = lut_metadata(table, fragment_nodes, edges)
+        store = w.pipeline.graph.store()
+        table = agglomerate_stream(
+            store.graph_node_ids(), store.edges_by_score(params.weights, params.edge_per_attr)
+        )
+        metadata = lut_metadata(table, fragment_nodes, store.count_edges())
         metadata["seconds"] = MetadataValue.float(round(time.perf_counter() - start, 3))
         context.log.info(
             f"LUT: {metadata['fragments']} fragments, {metadata['edges']} edges -> "

@@ -7,9 +7,13 @@ asset              IO manager          stored as                            load
 ``fragments``      ``ZarrIOManager``   uint64 zarr, one chunk per block     lazy ROI reader
 ``segments``       ``ZarrIOManager``   uint64 zarr, one chunk per block     lazy ROI reader
 ``fragment_nodes`` ``SqlIOManager``    SQL node table, rows keyed by block  every node (bulk)
-``edges``          ``SqlIOManager``    SQL edge table, rows keyed by block  every edge (bulk)
+``edges``          ``SqlIOManager``    SQL edge table, rows keyed by block  every edge (bulk) [*]_
 ``lut``            ``LutIOManager``    volara's ``.npz``, written atomically  the LUT file's handle
 =================  ==================  ===================================  =====================
+
+.. [*] The ``lut`` asset does not load the edges as an input: it depends on them and
+   streams them from the graph store in score order (``GraphStore.edges_by_score``),
+   so its memory grows with the fragments, not with the edges.
 
 Why the partitioned outputs are not passed to ``handle_output``: blocks are
 computed by workers (a process pool, Dask) and a block's voxels and rows must

@@ -17,7 +17,7 @@ from ..geometry import BlockGrid, Roi
 from ..ops.relabel import relabel
 from ..runtime.thumbnails import histogram_image, label_slice_image
 from ..storage.handles import ArrayHandle
-from ..tables import EdgeTable, NodeTable
+from ..tables import NodeTable
 
 __all__ = ["lut_metadata", "markdown_image", "slice_preview"]
 
@@ -42,14 +42,14 @@ def slice_preview(grid: BlockGrid, handle: ArrayHandle, what: str, key: str) -> 
     return {"preview": markdown_image(png, f"{what} {key}", caption)}
 
 
-def lut_metadata(table: np.ndarray, nodes: NodeTable, edges: EdgeTable) -> dict[str, Any]:
+def lut_metadata(table: np.ndarray, nodes: NodeTable, num_edges: int) -> dict[str, Any]:
     """Counts and a histogram of segment sizes (voxels) for the LUT's materialization."""
     _, inverse = np.unique(relabel(nodes.ids, table), return_inverse=True)
     sizes = np.bincount(inverse, weights=nodes.sizes, minlength=0).astype(np.int64)
     segments = int(sizes.size)
     md: dict[str, Any] = {
         "fragments": int(table.shape[1]),
-        "edges": len(edges),
+        "edges": int(num_edges),
         "segments": segments,
         "merged_fragments": int(table.shape[1]) - segments,
         "largest_segment_voxels": int(sizes.max()) if segments else 0,

@@ -245,7 +245,7 @@ class VolumeArray:
         self,
         block_size: Sequence[int] | int,
         context: Sequence[int] | int = (0, 0, 0),
-        blocks_per_partition: Sequence[int] | int = (1, 1, 1),
+        blocks_per_partition: Sequence[int] | int | str = (1, 1, 1),
     ) -> BlockGrid:
         """The block grid over this array's spatial extent.
 
@@ -255,8 +255,9 @@ class VolumeArray:
             Write size of a block in voxels.
         context : (3,) int
             Voxels read around each block.
-        blocks_per_partition : (3,) int
-            Blocks per Dagster partition along each axis.
+        blocks_per_partition : (3,) int or "auto"
+            Blocks per Dagster partition along each axis (``"auto"``: see
+            :func:`~volara_assets.geometry.auto_blocks_per_partition`).
 
         Returns
         -------
@@ -453,6 +454,7 @@ class ChunkCache:
             np.prod(array.shape[: array.channel_dims])
         ) * np.dtype(array.dtype).itemsize
         self._lock = threading.Lock()
+        self._fills: dict[tuple[int, ...], np.ndarray] = {}
         self.capacity = 0
         self.decoded = 0
 
@@ -515,7 +517,14 @@ class ChunkCache:
         """
         chunk = self.array.spatial_chunks
         by_x: dict[int, list[tuple[int, ...]]] = {}
+        channels = tuple(self.array.shape[: self.array.channel_dims])
         for coords in stale:
+            if all(v is None for v in versions[coords]):
+                # Never written: the fill value, without zarr's per-call cost (most
+                # chunks of a sparse volume, e.g. a partly acquired one).
+                shape = channels + self._chunk_roi(coords).shape
+                self._chunks[coords] = (versions[coords], self._fill(shape))
+                continue
             by_x.setdefault(coords[2], []).append(coords)
         for x, column in by_x.items():
             lo = [min(c[a] for c in column) for a in range(2)]
@@ -535,6 +544,16 @@ class ChunkCache:
                 # A box with chunks not kept would be pinned by views: copy instead.
                 self._chunks[coords] = (versions[coords], view if exact else view.copy())
                 self.decoded += 1
+
+    def _fill(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A read-only chunk of the fill value; chunks of one shape share it."""
+        found = self._fills.get(shape)
+        if found is None:
+            fill = self.array.zarr_array.fill_value
+            found = np.full(shape, 0 if fill is None else fill, dtype=self.array.dtype)
+            found.flags.writeable = False
+            self._fills[shape] = found
+        return found
 
     def _drop(self, chunks: list[tuple[int, ...]]) -> None:
         """Forget chunks; views still sharing a box with them are copied so it is freed."""

@@ -666,6 +666,93 @@ class GraphStore:
             rows = _fetchall(conn, sa.select(self.nodes.c.id).order_by(self.nodes.c.id))
         return np.array([r[0] for r in rows], dtype=np.int64).view(np.uint64)
 
+    def graph_node_ids(self, chunk_size: int = 2**16) -> np.ndarray:
+        """Every node id and every edge endpoint, sorted and unique (uint64).
+
+        Streamed: memory for the ids, never for the edges (endpoints missing from
+        the node table, rare, come from one anti-join).
+        """
+        n = self.nodes.c
+        e = self.edges.c
+        parts = [
+            np.concatenate(chunk)
+            for chunk in _stream_columns(
+                self, sa.select(n.id).order_by(n.id), chunk_size, (np.int64,)
+            )
+        ]
+        orphans = sa.union(
+            sa.select(e.u.label("id")).where(e.u.not_in(sa.select(n.id))),
+            sa.select(e.v.label("id")).where(e.v.not_in(sa.select(n.id))),
+        )
+        found = _stream_columns(self, orphans, chunk_size, (np.int64,))
+        parts += [np.concatenate(c) for c in found]
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return np.unique(ids.view(np.uint64))
+
+    def edges_by_score(
+        self,
+        weights: Mapping[str, tuple[float, float]],
+        edge_per_attr: bool = True,
+        chunk_size: int = 2**16,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Mutex-watershed edges in processing order, ``chunk_size`` rows at a time.
+
+        Yields ``(u, v, score)`` chunks (uint64, uint64, float64) with
+        ``score = w * attr + b`` for ``(w, b) = weights[attr]``, SQL NULL (not
+        observed) skipped; with ``edge_per_attr`` one row per observed attribute,
+        else one row per edge with the sum of its observed attribute scores (left
+        to right in ``weights`` order). Order: decreasing ``|score|``, ties by
+        ``(u, v)``, then by ``weights`` order: the sequence
+        :func:`volara_assets.ops.agglomerate.scored_edges` makes in memory (same
+        float64 arithmetic), computed and sorted by the database (SQLite and
+        PostgreSQL sort beyond their memory budget in temporary files), and
+        fetched with a streaming cursor, so memory does not grow with the edges.
+
+        Raises
+        ------
+        ValueError
+            If a weighted attribute is not an edge attribute of this store.
+        """
+        missing = [a for a in weights if a not in self.edge_attrs]
+        if missing:
+            raise ValueError(
+                f"weights: attribute {missing[0]!r} is not an edge score; "
+                f"available: {sorted(self.edge_attrs)}"
+            )
+        if not weights:
+            return
+        e = self.edges.c
+
+        def term(attr: str) -> sa.ColumnElement[float]:
+            w, b = weights[attr]
+            # Bound as float64 parameters: the database computes what numpy computes.
+            return sa.cast(e[attr], sa.Double) * sa.literal(float(w), sa.Double) + sa.literal(
+                float(b), sa.Double
+            )
+
+        if edge_per_attr:
+            parts = [
+                sa.select(
+                    e.u, e.v, term(a).label("score"), sa.literal(k, sa.Integer).label("k")
+                ).where(e[a].is_not(None))
+                for k, a in enumerate(weights)
+            ]
+            rows = sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+            order = (sa.func.abs(rows.c.score).desc(), rows.c.u, rows.c.v, rows.c.k)
+        else:
+            total = None
+            for a in weights:
+                t = sa.func.coalesce(term(a), sa.literal(0.0, sa.Double))
+                total = t if total is None else total + t
+            observed = sa.or_(*(e[a].is_not(None) for a in weights))
+            rows = sa.select(e.u, e.v, total.label("score")).where(observed).subquery()
+            order = (sa.func.abs(rows.c.score).desc(), rows.c.u, rows.c.v)
+        stmt = sa.select(rows.c.u, rows.c.v, rows.c.score).order_by(*order)
+        for u, v, score in _stream_columns(
+            self, stmt, chunk_size, (np.int64, np.int64, np.float64)
+        ):
+            yield u.view(np.uint64), v.view(np.uint64), score
+
     def count_nodes(self) -> int:
         """Number of stored nodes."""
         with self._read() as conn:
@@ -769,6 +856,38 @@ def _insert_many(conn: sa.Connection, table: sa.Table, columns: dict[str, list[A
     else:
         params = list(zip(*(columns[k] for k in order), strict=True))
     conn.exec_driver_sql(compiled.string, params)
+
+
+def _stream_columns(
+    store: GraphStore, stmt: sa.Select | sa.CompoundSelect, chunk_size: int, dtypes: Sequence[Any]
+) -> Iterator[list[np.ndarray]]:
+    """Rows of ``stmt`` as column arrays of ``dtypes``, ``chunk_size`` rows at a time.
+
+    SQLite: the driver's cursor steps through the result (SQLAlchemy's row
+    objects would double the time). Other databases: ``stream_results``, so
+    PostgreSQL uses a server-side cursor (psycopg would otherwise fetch every
+    row at once).
+    """
+    with store.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            compiled = stmt.compile(dialect=conn.dialect)
+            params: Any = compiled.params
+            if compiled.positiontup is not None:
+                params = tuple(params[k] for k in compiled.positiontup)
+            cursor = conn.connection.cursor()
+            cursor.execute(compiled.string, params)
+            fetch = cursor.fetchmany
+        else:
+            result = conn.execution_options(
+                stream_results=True, max_row_buffer=chunk_size
+            ).execute(stmt)
+            fetch = result.fetchmany
+        while True:
+            rows = fetch(chunk_size)
+            if not rows:
+                break
+            columns = list(zip(*rows, strict=True))
+            yield [np.array(c, dtype=d) for c, d in zip(columns, dtypes, strict=True)]
 
 
 def _fetchall(conn: sa.Connection, stmt: sa.Select) -> list[tuple[Any, ...]]:
