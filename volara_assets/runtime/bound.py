@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from ..config import PipelineConfig, sqlite_file
 from ..geometry import BlockGrid
 from ..storage.arrays import VolumeArray, create_array, open_array
+from ..storage.graph import with_default_driver
 from ..storage.handles import ArrayHandle, GraphHandle, LutHandle
 
 FRAGMENT_DTYPE = np.dtype(np.uint64)
@@ -187,7 +188,8 @@ def _check_creatable(field: str, path: str) -> None:
 
 def _check_database(db_url: str) -> None:
     """The URL's driver imports here, and a SQLite file can be created or opened."""
-    url = sa.engine.make_url(db_url)
+    # The driver GraphStore will use (psycopg2 for a bare postgresql:// URL).
+    url = with_default_driver(sa.engine.make_url(db_url))
     safe = url.render_as_string(hide_password=True)
     try:
         url.get_dialect().import_dbapi()

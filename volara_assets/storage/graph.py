@@ -249,7 +249,7 @@ class GraphStore:
 
     def _make_engine(self) -> sa.Engine:
         if not self._is_sqlite:
-            return sa.create_engine(_with_driver(self._url))
+            return sa.create_engine(with_default_driver(self._url))
         database = self._url.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -815,7 +815,7 @@ def _column_mismatch(inspector: Any, table: sa.Table) -> str | None:
     return None
 
 
-def _with_driver(url: sa.URL) -> sa.URL:
+def with_default_driver(url: sa.URL) -> sa.URL:
     """``url`` with psycopg2 as the driver of a bare ``postgresql://`` URL.
 
     SQLAlchemy 2.1 defaults ``postgresql://`` to psycopg 3, which is not installed;
