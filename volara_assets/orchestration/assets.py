@@ -2,18 +2,19 @@
 
 Asset graph (keys under the pipeline's name)::
 
-    affinities --> fragments, fragment_nodes --halo--> edges --> lut --> segments
+    affinities --> fragments, fragment_nodes --reads--> edges --> lut --> segments
          \\___________________________________________/            fragments --/
 
 Every partitioned asset shares one ``StaticPartitionsDefinition`` whose keys are
-the block grid's partitions; reads with a halo declare it with a
+the block grid's partitions; ``edges`` declares the fragments partitions it
+reads (:meth:`BlockGrid.pair_read`, the decision the edges job reads by) with a
 ``StaticPartitionMapping`` (serialized, so the UI and daemon see it).
 
 The ``affinities`` partition of a block stands for everything the block reads,
 its read ROI (write ROI plus context): its observed data version fingerprints
 exactly those chunks (:mod:`volara_assets.orchestration.automation`). So ``fragments`` and
 ``edges`` depend on it one to one, and a changed region makes stale exactly the
-fragments whose read ROI touches it, the edges that read those fragments (halo),
+fragments whose read ROI touches it, the edges that read those fragments,
 the LUT and the segments.
 
 Data versions and provenance. Steps cover many partitions in one run
@@ -179,12 +180,19 @@ def _fragments_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition
 
 def _edges_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
     key, grid = w.key, w.pipeline.grid
-    halo = StaticPartitionMapping(grid.partition_halo_mapping())
+    # The partitions whose fragments an edges partition reads, from the very decision the
+    # edges job reads by (BlockGrid.pair_read); Dagster wants them upstream -> downstream.
+    offsets = [o for group in w.config.score_groups.values() for o in group]
+    read_by: dict[str, set[str]] = {k: set() for k in grid.partition_keys}
+    for edges_key, fragment_keys in grid.partition_pair_reads(offsets).items():
+        for fragments_key in fragment_keys:
+            read_by[fragments_key].add(edges_key)
+    reads = StaticPartitionMapping(read_by)
 
     @asset(
         key=key("edges"),
         ins={
-            "fragments": AssetIn(key("fragments"), partition_mapping=halo),
+            "fragments": AssetIn(key("fragments"), partition_mapping=reads),
             "affinities": AssetIn(key("affinities")),
         },
         deps=[key("fragment_nodes")],
