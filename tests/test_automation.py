@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 from conftest import (
     STEPS,
@@ -57,7 +56,11 @@ from dagster._core.storage.tags import (
 
 from volara_assets.geometry import BlockGrid, Roi
 from volara_assets.storage.arrays import create_array, open_array
-from volara_assets.storage.fingerprints import input_state, partition_data_versions
+from volara_assets.storage.fingerprints import (
+    input_state,
+    observe_input,
+    partition_data_versions,
+)
 
 COMPUTED = ("fragments", "fragment_nodes", "edges", "lut", "segments")
 #: A corner region of block z0_y0_x0, inside one input chunk (4, 16, 16).
@@ -184,46 +187,63 @@ def read_all(bp) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- data versions
 
 
-@pytest.mark.parametrize("mode", ["stat", "content"])
-def test_versions_change_for_exactly_the_blocks_reading_the_change(
-    demo_volume: Path, tmp_path: Path, mode: str
-) -> None:
-    volume = copy_volume(demo_volume, tmp_path)
-    grid = BlockGrid((24, 64, 64), (8, 32, 32), (2, 2, 2))
-    before = partition_data_versions(volume / "affs", grid, mode)
-    assert len(before) == 12 and len(set(before.values())) == 12
-    assert partition_data_versions(volume / "affs", grid, mode) == before
-
-    # Voxels z 6..8 at a y/x corner: read by z0 blocks (write ROI) and z1 blocks (context).
-    boundary = Roi((6, 28, 28), (2, 4, 4))
-    change_affinities(volume / "affs", boundary)
-    after = partition_data_versions(volume / "affs", grid, mode)
-    changed = {k for k in before if before[k] != after[k]}
-    expected = partitions_touching(grid, changed_chunk_roi(boundary, (4, 16, 16)))
-    assert changed == expected == partitions_touching(grid, boundary)
-    assert len(changed) == 8  # z0 and z1, every y/x block: the chunk touches all four corners
-    print(f"\n[{mode}] boundary change: {len(changed)} of 12 partition versions changed")
-
-    before = after
-    change_affinities(volume / "affs", CHANGED)
-    after = partition_data_versions(volume / "affs", grid, mode)
-    assert {k for k in before if before[k] != after[k]} == {"z0_y0_x0"}
-    assert input_state(after) != input_state(before)
-
-
-def test_content_versions_ignore_a_rewrite_with_the_same_bytes(
+def test_versions_change_for_exactly_the_partitions_whose_read_roi_changed(
     demo_volume: Path, tmp_path: Path
 ) -> None:
     volume = copy_volume(demo_volume, tmp_path)
     grid = BlockGrid((24, 64, 64), (8, 32, 32), (2, 2, 2))
+    cache = tmp_path / "versions.json"
+    first = observe_input(volume / "affs", grid, cache)
+    before = first.versions
+    assert len(before) == 12 and len(set(before.values())) == 12
+    assert first.chunks == 6 * 4 * 4 and first.chunks_read == first.chunks  # no cache yet
+    again = observe_input(volume / "affs", grid, cache)
+    assert again.versions == before and again.chunks_read == 0 and again.partitions_rehashed == 0
+    # Without the cache the same versions are computed from scratch.
+    assert partition_data_versions(volume / "affs", grid) == before
+
+    # Voxels z 6..8 at the y/x centre: read by every z0 block (write ROI) and z1 block
+    # (context). Its chunk (4..8, 16..32, 16..32) also reaches the z1 blocks at other
+    # voxels, but only the changed voxels count.
+    boundary = Roi((6, 30, 30), (2, 4, 4))
+    change_affinities(volume / "affs", boundary)
+    obs = observe_input(volume / "affs", grid, cache)
+    changed = {k for k in before if before[k] != obs.versions[k]}
+    assert changed == partitions_touching(grid, boundary)
+    assert len(changed) == 8
+    assert obs.chunks_read == 4  # the 4 chunk files the change wrote, nothing else
+    assert obs.versions == partition_data_versions(volume / "affs", grid)
+
+    # Inside one chunk read by 2 partitions' context, but 3 voxels from their read ROIs.
+    before = obs.versions
+    far = Roi((12, 16, 16), (1, 4, 4))  # chunk (12..16, 16..32, 16..32): z1 blocks only
+    change_affinities(volume / "affs", far)
+    obs = observe_input(volume / "affs", grid, cache)
+    assert {k for k in before if before[k] != obs.versions[k]} == {"z1_y0_x0"}
+    assert partitions_touching(grid, changed_chunk_roi(far, (4, 16, 16))) != {"z1_y0_x0"}
+
+    before = obs.versions
+    change_affinities(volume / "affs", CHANGED)
+    after = observe_input(volume / "affs", grid, cache).versions
+    assert {k for k in before if before[k] != after[k]} == {"z0_y0_x0"}
+    assert input_state(after) != input_state(before)
+
+
+def test_versions_ignore_a_rewrite_with_the_same_values(demo_volume: Path, tmp_path: Path) -> None:
+    volume = copy_volume(demo_volume, tmp_path)
+    grid = BlockGrid((24, 64, 64), (8, 32, 32), (2, 2, 2))
+    cache = tmp_path / "versions.json"
     array = open_array(volume / "affs", "r+")
-    before = {m: partition_data_versions(volume / "affs", grid, m) for m in ("stat", "content")}
+    before = observe_input(volume / "affs", grid, cache)
     time.sleep(0.01)
     array.write(CHANGED, array.read(CHANGED))  # same values, chunk file rewritten
-    after = {m: partition_data_versions(volume / "affs", grid, m) for m in ("stat", "content")}
-    assert after["content"] == before["content"]
-    # The cheap fingerprint errs on the side of recomputing.
-    assert {k for k in before["stat"] if before["stat"][k] != after["stat"][k]} == {"z0_y0_x0"}
+    after = observe_input(volume / "affs", grid, cache)
+    assert after.chunks_read == 1  # its stat changed: read once...
+    assert after.versions == before.versions  # ... and found equal
+    # A torn cache is never trusted: everything is read again, same versions.
+    cache.write_text("{not json")
+    rebuilt = observe_input(volume / "affs", grid, cache)
+    assert rebuilt.versions == before.versions and rebuilt.chunks_read == rebuilt.chunks
 
 
 # ----------------------------------------------------------------------------- staleness

@@ -3,13 +3,14 @@
 How an input change reaches the segmentation:
 
 1. the affinities are *observed* (by the input sensor, the schedule, or the UI's
-   "Observe" button): every partition gets a data version computed from the
-   chunk files under its blocks' read ROIs (:func:`partition_data_versions`);
+   "Observe" button): every partition gets a data version that hashes the voxels
+   under its blocks' read ROIs, recomputed only where a chunk file changed
+   (:func:`observe_input`);
 2. Dagster marks stale the ``fragments`` partitions whose version changed;
 3. the automation sensor evaluates the assets' declarative conditions
    (:func:`pipeline_automation_conditions`) and launches, one wave per step,
    exactly those fragments partitions, then the ``edges`` partitions that read
-   them (halo), which Dagster shows stale once the fragments changed, then the
+   them, which Dagster shows stale once the fragments changed, then the
    ``lut``, then every ``segments`` partition.
 
 Dagster's staleness is one level deep: right after the observation only the
@@ -59,7 +60,7 @@ from dagster._core.storage.tags import (
 
 from ..config import PipelineConfig
 from ..geometry import BlockGrid
-from ..storage.fingerprints import array_exists, input_state, partition_data_versions
+from ..storage.fingerprints import array_exists, input_state, observe_input
 
 __all__ = [
     "build_affinities_asset",
@@ -83,10 +84,11 @@ def build_affinities_asset(
 ) -> SourceAsset:
     """The ``affinities`` source asset, observable per partition.
 
-    Observing it records, for every partition, the version of the chunks its
-    blocks read (:func:`partition_data_versions`, ``"stat"`` mode).
+    Observing it records, for every partition, the exact version of the voxels
+    its blocks read (:func:`observe_input`: only changed chunk files are read).
     """
     path = config.affinities
+    cache = config.input_versions_path
 
     @observable_source_asset(
         key=key,
@@ -95,14 +97,17 @@ def build_affinities_asset(
         group_name=config.name,
         description=(
             f"Input affinities {path}, one partition per block (brick). A partition's "
-            "data version fingerprints the chunk files under its read ROI (block + context)."
+            "data version hashes the voxels of its read ROI (block + context)."
         ),
         metadata={"path": path},
     )
     def affinities(context: AssetExecutionContext) -> DataVersionsByPartition:
-        versions = partition_data_versions(path, grid)
-        context.log.info(f"observed {len(versions)} partitions of {path}")
-        return DataVersionsByPartition(versions)
+        obs = observe_input(path, grid, cache)
+        context.log.info(
+            f"observed {len(obs.versions)} partitions of {path}: {obs.chunks} chunk files, "
+            f"{obs.chunks_read} read ({obs.bytes_read} bytes), in {obs.seconds:.2f} s"
+        )
+        return DataVersionsByPartition(obs.versions)
 
     return affinities
 
@@ -122,10 +127,10 @@ def build_input_sensor(config: PipelineConfig, key: AssetKey, grid: BlockGrid) -
     """A sensor that observes the affinities when they appear or change.
 
     Every ``automation.input_sensor_interval`` seconds it fingerprints the input
-    (one ``stat`` per chunk). If the fingerprint equals the cursor it skips;
-    otherwise it records an observation for every partition whose version
-    differs from the last one recorded, and moves the cursor, so one state of
-    the input is never reported twice. The observations are what the assets'
+    (one ``stat`` per chunk file, a read of the changed ones). If the fingerprint
+    equals the cursor it skips; otherwise it records an observation for every
+    partition whose version differs from the last one recorded, and moves the
+    cursor, so one state of the input is never reported twice. The observations are what the assets'
     automation conditions react to: they start the pipeline on exactly the
     changed blocks.
     """
@@ -146,7 +151,8 @@ def build_input_sensor(config: PipelineConfig, key: AssetKey, grid: BlockGrid) -
     def input_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         if not array_exists(path):
             return SkipReason(f"no affinities at {path} yet")
-        versions = partition_data_versions(path, grid)
+        obs = observe_input(path, grid, config.input_versions_path)
+        versions = obs.versions
         state = input_state(versions)
         if state == context.cursor:
             return SkipReason("affinities unchanged since the last observation")
@@ -218,7 +224,7 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
     never while a dependency is missing or running) plus one rule: *wait while
     an upstream step is about to run*. Dagster only sees an upstream request of
     the same tick when both can share a run (identity mapping, same partitions);
-    through the halo mapping or into the unpartitioned LUT it cannot, so each
+    through the edges' read mapping or into the unpartitioned LUT it cannot, so each
     condition asks its dependencies' own conditions instead. The result is one
     wave per step: ``fragments`` of the changed blocks, then the ``edges`` that
     read them, then the ``lut``, then every ``segments`` partition, each once.
@@ -226,7 +232,7 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
     * ``fragments`` / ``fragment_nodes``: ``eager()``. The trigger is the
       observed affinities partition; Dagster counts an observation as an update
       only when its data version changed, so only changed blocks run.
-    * ``edges``: ``eager()``, waiting while a fragments partition in its halo
+    * ``edges``: ``eager()``, waiting while a fragments partition it reads
       is about to be requested.
     * ``lut``: ``eager()``, waiting while any edges or nodes partition is about
       to be requested.
