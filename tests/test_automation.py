@@ -44,7 +44,6 @@ from dagster import (
 )
 from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.data_version import (
-    DATA_VERSION_TAG,
     CachingStaleStatusResolver,
     StaleStatus,
 )
@@ -249,13 +248,84 @@ def test_versions_ignore_a_rewrite_with_the_same_values(demo_volume: Path, tmp_p
 # ----------------------------------------------------------------------------- staleness
 
 
-def test_input_change_makes_stale_and_recomputes_exactly_the_affected_partitions(
-    demo_volume: Path, tmp_path: Path
-) -> None:
+def drive_automation(
+    bp, defs: Definitions, instance: DagsterInstance, cursor: str | None
+) -> tuple[dict[str, set], list[dict[str, int]], str]:
+    """Let the automation conditions drive, one tick at a time, running what they request.
+
+    Returns the union of the stale partitions seen before every tick, the waves
+    (requested partitions per asset and runs, per tick) and the sensor's cursor.
+    """
+    ever_stale: dict[str, set] = {n: set() for n in COMPUTED}
+    requested: dict[str, list] = {n: [] for n in COMPUTED}
+    waves: list[dict[str, int]] = []
+    for _ in range(10):
+        for name, keys in stale_partitions(bp, instance).items():
+            ever_stale[name] |= keys
+        result = automation_tick(defs, instance, cursor)
+        cursor = result.cursor
+        if not result.run_requests:
+            break
+        tick: dict[str, set] = {}
+        for request in result.run_requests:
+            for name, keys in requested_partitions(bp, request).items():
+                tick.setdefault(name, set()).update(keys)
+        waves.append(
+            {n: len(tick[n]) for n in COMPUTED if n in tick} | {"runs": len(result.run_requests)}
+        )
+        for name, keys in tick.items():
+            requested[name].extend(keys)
+        for request in result.run_requests:
+            launch(bp, instance, request)
+    assert all(not v for v in stale_partitions(bp, instance).values())
+    # Each partition requested once: nothing recomputed twice.
+    for name, keys in requested.items():
+        assert len(keys) == len(set(keys)), (name, sorted(keys, key=str))
+    return ever_stale, waves, cursor
+
+
+def shifted(key: str, delta: tuple[int, int, int]) -> str:
+    """The key of the block ``delta`` blocks further along (z, y, x), written out by hand."""
+    z, y, x = (int(part[1:]) for part in key.split("_"))
+    return f"z{z + delta[0]}_y{y + delta[1]}_x{x + delta[2]}"
+
+
+def segment_ids_changed(grid: BlockGrid, before: np.ndarray, after: np.ndarray) -> set[str]:
+    """Partitions holding a fragment whose segment id differs between two LUTs (or that one
+    of them lacks): the segments partitions whose voxels can differ."""
+    old = dict(zip(before[0].tolist(), before[1].tolist(), strict=True))
+    new = dict(zip(after[0].tolist(), after[1].tolist(), strict=True))
+    ids = [f for f in set(old) | set(new) if old.get(f) != new.get(f)]
+    blocks = grid.block_of_fragment(np.array(ids, dtype=np.uint64)) if ids else []
+    return {grid.partition_of_block(int(b)) for b in blocks}
+
+
+#: A 4 x 4 x 4 grid on the (24, 64, 64) demo volume: blocks (6, 16, 16), context 2. Input
+#: chunks (4, 16, 16) do not align with the blocks in z, so versions must be exact.
+GRID_4 = {"block_size": (6, 16, 16), "context": (2, 2, 2)}
+#: Changes (every affinity cut), each with the fragments partitions whose read ROI it meets.
+CHANGES = {
+    # Inside block z1_y1_x1 (z 6..12, y/x 16..32), >= 2 voxels from every face.
+    "interior": (Roi((8, 20, 20), (2, 8, 8)), {"z1_y1_x1"}),
+    # Across the x face between z1_y1_x1 and z1_y1_x2 (x = 32).
+    "face": (Roi((8, 20, 31), (2, 8, 2)), {"z1_y1_x1", "z1_y1_x2"}),
+    # Around the corner shared by z1..z2, y1..y2, x1..x2 (12, 32, 32).
+    "corner": (
+        Roi((11, 31, 31), (2, 2, 2)),
+        {f"z{z}_y{y}_x{x}" for z in (1, 2) for y in (1, 2) for x in (1, 2)},
+    ),
+}
+
+
+def test_a_change_recomputes_exactly_what_depends_on_it(demo_volume: Path, tmp_path: Path) -> None:
+    """Interior, face and corner changes on a 4 x 4 x 4 grid, one after the other on one
+    instance: what turns stale and what is recomputed, per asset, and the result equals a
+    from-scratch run after each."""
     volume = copy_volume(demo_volume, tmp_path)
-    bp = build_pipeline(write_pipeline_yaml(tmp_path / "incremental", volume))
+    bp = build_pipeline(write_pipeline_yaml(tmp_path / "incremental", volume, **GRID_4))
     defs = build_defs(tmp_path / "incremental" / "pipeline.yaml")
     grid = bp.built.pipeline.grid
+    assert grid.grid_shape == (4, 4, 4)
     instance = DagsterInstance.ephemeral()
     affinities = bp.key("affinities")
 
@@ -276,96 +346,76 @@ def test_input_change_makes_stale_and_recomputes_exactly_the_affected_partitions
     first = automation_tick(defs, instance, None)
     assert first.run_requests == []
     cursor = first.cursor
-    before = read_all(bp)
 
-    change_affinities(volume / "affs", CHANGED)
-    mark = max(r.asset_entry.last_event_storage_id or 0 for r in instance.get_asset_records())
-    observe(defs, affinities, instance)
+    report = []
+    for case, (roi, reading) in CHANGES.items():
+        before = read_all(bp)
+        mark = max(r.asset_entry.last_event_storage_id or 0 for r in instance.get_asset_records())
+        change_affinities(volume / "affs", roi)
+        observe(defs, affinities, instance)
 
-    # Observing gives new versions to exactly the blocks whose read ROI covers the change.
-    observed = instance.fetch_observations(
-        AssetRecordsFilter(asset_key=affinities, after_storage_id=mark), limit=100
-    ).records
-    versions = {r.partition_key: r.event_log_entry.tags[DATA_VERSION_TAG] for r in observed}
-    previous = {
-        k: instance.fetch_observations(
-            AssetRecordsFilter(asset_key=affinities, asset_partitions=[k], before_storage_id=mark),
-            limit=1,
+        # Exactly the partitions whose read ROI holds a changed voxel get a new version,
+        # although the changed input chunks reach further.
+        assert partitions_touching(grid, roi) == reading
+        assert partitions_touching(grid, changed_chunk_roi(roi, (4, 16, 16))) > reading
+        assert stale_partitions(bp, instance)["fragments"] == reading
+
+        ever_stale, waves, cursor = drive_automation(bp, defs, instance, cursor)
+        after = read_all(bp)
+        rematerialized = {n: set(materialized_after(bp, instance, n, mark)) for n in COMPUTED}
+
+        # Edges read their own block and the three upper faces: an edges partition is
+        # recomputed when its own fragments or those of its +z, +y or +x neighbour changed.
+        forward = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+        edges = {k for k in bp.partition_keys if any(shifted(k, d) in reading for d in forward)}
+        assert len(edges) == {"interior": 4, "face": 7, "corner": 20}[case]
+        # Segments: the changed blocks, and the blocks holding a fragment whose segment id
+        # moved (segment ids are smallest fragment ids, so a split or merge can reach far).
+        segments = reading | segment_ids_changed(grid, before["lut"], after["lut"])
+        assert len(segments) < len(bp.partition_keys), case
+        expected = {
+            "fragments": reading,
+            "fragment_nodes": reading,
+            "edges": edges,
+            "lut": {None},
+            "segments": segments,
+        }
+        for name in COMPUTED:
+            assert ever_stale[name] == expected[name], (case, name, ever_stale[name])
+            assert rematerialized[name] == expected[name], (case, name, rematerialized[name])
+        # One wave per step, each one run per contiguous range of partitions.
+        assert [set(w) - {"runs"} for w in waves] == [
+            {"fragments", "fragment_nodes"},
+            {"edges"},
+            {"lut"},
+            {"segments"},
+        ], waves
+        # Segments partitions left alone hold what they would after a full run ...
+        scratch = build_pipeline(
+            write_pipeline_yaml(tmp_path / f"scratch_{case}", volume, **GRID_4)
         )
-        .records[0]
-        .event_log_entry.tags[DATA_VERSION_TAG]
-        for k in bp.partition_keys
-    }
-    changed_blocks = partitions_touching(grid, changed_chunk_roi(CHANGED, (4, 16, 16)))
-    assert changed_blocks == partitions_touching(grid, CHANGED) == {"z0_y0_x0"}
-    assert {k for k in versions if versions[k] != previous[k]} == changed_blocks
-
-    # Let the automation conditions drive, one tick at a time, running what they request.
-    expected = {
-        "fragments": changed_blocks,
-        "fragment_nodes": changed_blocks,
-        # Edges read their own block and forward faces: only z0_y0_x0 reads z0_y0_x0.
-        "edges": {"z0_y0_x0"},
-        "lut": {None},
-        "segments": set(bp.partition_keys),
-    }
-    ever_stale: dict[str, set] = {n: set() for n in COMPUTED}
-    requested: dict[str, list] = {n: [] for n in COMPUTED}
-    waves = []
-    for _ in range(8):
-        for name, keys in stale_partitions(bp, instance).items():
-            # Nothing outside the expected sets is ever stale.
-            assert keys <= expected[name], (name, keys)
-            ever_stale[name] |= keys
-        result = automation_tick(defs, instance, cursor)
-        cursor = result.cursor
-        if not result.run_requests:
-            break
-        tick: dict[str, set] = {}
-        for request in result.run_requests:
-            for name, keys in requested_partitions(bp, request).items():
-                tick.setdefault(name, set()).update(keys)
-        waves.append(
-            {n: len(tick[n]) for n in COMPUTED if n in tick} | {"runs": len(result.run_requests)}
+        full_run(scratch, DagsterInstance.ephemeral())
+        want = read_all(scratch)
+        for name in want:
+            np.testing.assert_array_equal(after[name], want[name], err_msg=f"{case}: {name}")
+        # ... and fragments differ from before the change only inside the changed blocks.
+        diff = np.argwhere(after["fragments"] != before["fragments"])
+        assert len(diff) > 0
+        changed_blocks = {
+            grid.partition_of_block(
+                grid.block_index([int(c) // b for c, b in zip(voxel, grid.block_size, strict=True)])
+            )
+            for voxel in diff
+        }
+        assert changed_blocks <= reading
+        report.append(
+            f"{case:>8}: stale "
+            + ", ".join(f"{n} {len(ever_stale[n])}" for n in COMPUTED)
+            + " | rematerialized "
+            + ", ".join(f"{n} {len(rematerialized[n])}" for n in COMPUTED)
+            + f" | waves {waves}"
         )
-        for name, keys in tick.items():
-            requested[name].extend(keys)
-        for request in result.run_requests:
-            launch(bp, instance, request)
-    assert all(not v for v in stale_partitions(bp, instance).values())
-
-    rematerialized = {n: materialized_after(bp, instance, n, mark) for n in COMPUTED}
-    print(
-        "\nstale after the change (union over the waves): "
-        + ", ".join(f"{n} {len(ever_stale[n])}" for n in COMPUTED)
-        + "\nrematerialized: "
-        + ", ".join(f"{n} {len(rematerialized[n])}" for n in COMPUTED)
-        + f"\nwaves (requests per automation tick): {waves}"
-    )
-    for name in COMPUTED:
-        assert ever_stale[name] == expected[name], name
-        # Each partition exactly once: nothing recomputed twice, nothing else touched.
-        assert sorted(rematerialized[name], key=str) == sorted(expected[name], key=str), name
-        assert sorted(requested[name], key=str) == sorted(expected[name], key=str), name
-    # One wave per step, each one run (the partitions of a wave are contiguous here).
-    assert waves == [
-        {"fragments": 1, "fragment_nodes": 1, "runs": 1},
-        {"edges": len(expected["edges"]), "runs": 1},
-        {"lut": 1, "runs": 1},
-        {"segments": 12, "runs": 1},
-    ]
-
-    # The result equals a from-scratch run on the changed input.
-    scratch = build_pipeline(write_pipeline_yaml(tmp_path / "scratch", volume))
-    full_run(scratch, DagsterInstance.ephemeral())
-    got, want = read_all(bp), read_all(scratch)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    # ... and differs from the run before the change only in the changed block.
-    diff = np.argwhere(got["fragments"] != before["fragments"])
-    assert len(diff) > 0
-    write_roi = grid.block(0).write_roi
-    assert (diff.min(axis=0) >= write_roi.begin).all() and (diff.max(axis=0) < write_roi.end).all()
+    print("\n" + "\n".join(report))
 
 
 # ----------------------------------------------------------------------------- sensor, schedule

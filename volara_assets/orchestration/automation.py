@@ -11,7 +11,9 @@ How an input change reaches the segmentation:
    (:func:`pipeline_automation_conditions`) and launches, one wave per step,
    exactly those fragments partitions, then the ``edges`` partitions that read
    them, which Dagster shows stale once the fragments changed, then the
-   ``lut``, then every ``segments`` partition.
+   ``lut``, which records a new ``segment_ids`` version for the partitions
+   whose segment ids changed (:func:`observe_segment_ids`), then exactly those
+   ``segments`` partitions.
 
 Dagster's staleness is one level deep: right after the observation only the
 direct dependants of the changed affinities are stale; each later step turns
@@ -22,12 +24,14 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+import numpy as np
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetObservation,
     AssetSelection,
     AutomationCondition,
+    DagsterInstance,
     DataVersionsByPartition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -60,6 +64,7 @@ from dagster._core.storage.tags import (
 
 from ..config import PipelineConfig
 from ..geometry import BlockGrid
+from ..runtime.segment_ids import segment_id_digests
 from ..storage.fingerprints import array_exists, input_state, observe_input
 
 __all__ = [
@@ -68,6 +73,7 @@ __all__ = [
     "build_input_sensor",
     "build_observe_job",
     "build_observe_schedule",
+    "observe_segment_ids",
     "pipeline_automation_conditions",
     "ranged_run_requests",
 ]
@@ -115,12 +121,53 @@ def build_affinities_asset(
 # -- sensor, schedule, automation -----------------------------------------------------
 
 
-def _latest_observed_versions(context: SensorEvaluationContext, key: AssetKey) -> dict[str, str]:
-    storage = context.instance.event_log_storage
-    tags = storage.get_latest_tags_by_partition(
-        key, DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG]
-    )
+def _latest_versions(
+    instance: DagsterInstance, key: AssetKey, kind: DagsterEventType
+) -> dict[str, str]:
+    """Partition -> data version of ``key``'s latest event of ``kind`` (one query)."""
+    storage = instance.event_log_storage
+    tags = storage.get_latest_tags_by_partition(key, kind, [DATA_VERSION_TAG])
     return {p: t[DATA_VERSION_TAG] for p, t in tags.items() if DATA_VERSION_TAG in t}
+
+
+def _latest_observed_versions(context: SensorEvaluationContext, key: AssetKey) -> dict[str, str]:
+    return _latest_versions(context.instance, key, DagsterEventType.ASSET_OBSERVATION)
+
+
+def observe_segment_ids(
+    context: AssetExecutionContext,
+    key: AssetKey,
+    fragments_key: AssetKey,
+    grid: BlockGrid,
+    fragment_ids: np.ndarray,
+    lut: np.ndarray,
+    observed_by: str,
+) -> list[str]:
+    """Record a new ``segment_ids`` version for every partition whose digest changed.
+
+    The digest (:func:`segment_id_digests`) covers the partition's fragment ids,
+    their segment ids in ``lut`` and, as salt, the fragments partition's latest
+    data version: rewritten fragments count even when their ids are the same.
+    Partitions whose digest equals their last recorded version get no event, so
+    the cost in Dagster events is proportional to what changed. Returns the
+    changed partition keys.
+    """
+    salts = _latest_versions(
+        context.instance, fragments_key, DagsterEventType.ASSET_MATERIALIZATION
+    )
+    digests = segment_id_digests(grid, fragment_ids, lut, salts)
+    known = _latest_versions(context.instance, key, DagsterEventType.ASSET_OBSERVATION)
+    changed = [k for k, v in digests.items() if known.get(k) != v]
+    for k in changed:
+        context.log_event(
+            AssetObservation(
+                asset_key=key,
+                partition=k,
+                tags={DATA_VERSION_TAG: digests[k]},
+                metadata={"observed_by": observed_by},
+            )
+        )
+    return changed
 
 
 def build_input_sensor(config: PipelineConfig, key: AssetKey, grid: BlockGrid) -> SensorDefinition:
@@ -227,7 +274,8 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
     through the edges' read mapping or into the unpartitioned LUT it cannot, so each
     condition asks its dependencies' own conditions instead. The result is one
     wave per step: ``fragments`` of the changed blocks, then the ``edges`` that
-    read them, then the ``lut``, then every ``segments`` partition, each once.
+    read them, then the ``lut``, then the ``segments`` partitions whose segment
+    ids changed, each once.
 
     * ``fragments`` / ``fragment_nodes``: ``eager()``. The trigger is the
       observed affinities partition; Dagster counts an observation as an update
@@ -236,9 +284,12 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
       is about to be requested.
     * ``lut``: ``eager()``, waiting while any edges or nodes partition is about
       to be requested.
-    * ``segments``: requested when missing or when the LUT was updated (a
-      changed fragment always changes the LUT after it), waiting while the LUT
-      or its fragments are about to be requested.
+    * ``segments``: requested when missing or when its ``segment_ids``
+      partition has a new version. The ``lut`` step records those versions
+      right after writing the LUT, only where a fragment of the partition maps
+      to another segment id or the fragments were rewritten (their version is
+      part of the digest). A new LUT alone is no trigger; segments still wait
+      while the LUT or their fragments are about to be requested.
     """
 
     def keys(*names: str) -> AssetSelection:
@@ -250,8 +301,9 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
     fragments = AutomationCondition.eager()
     edges = AutomationCondition.eager() & waiting_for(fragments, "fragments", "fragment_nodes")
     lut = AutomationCondition.eager() & waiting_for(edges, "edges", "fragment_nodes")
+    # segment_ids is observed, so it counts as updated only where its version changed.
     segments = (
-        _requested(AutomationCondition.any_deps_updated().ignore(keys("fragments")))
+        _requested(AutomationCondition.any_deps_updated().ignore(keys("fragments", "lut")))
         & waiting_for(lut, "lut")
         & waiting_for(fragments, "fragments")
     )

@@ -218,8 +218,8 @@ def observe_input(
         if entry is not None and entry[0] == stat:
             continue
         parts = _sub_fingerprints(files, grid, coords, absent=stat == _ABSENT, obs=obs)
-        if entry is None or entry[1] != parts:
-            touched.update(parts)
+        old = {} if entry is None else entry[1]
+        touched.update(k for k, v in parts.items() if old.get(k) != v)
         chunks[name] = [stat, parts]
 
     meta = files.metadata_digest()
