@@ -239,6 +239,7 @@ def test_versions_ignore_a_rewrite_with_the_same_values(demo_volume: Path, tmp_p
     after = observe_input(volume / "affs", grid, cache)
     assert after.chunks_read == 1  # its stat changed: read once...
     assert after.versions == before.versions  # ... and found equal
+    assert observe_input(volume / "affs", grid, cache).chunks_read == 0  # and remembered
     # A torn cache is never trusted: everything is read again, same versions.
     cache.write_text("{not json")
     rebuilt = observe_input(volume / "affs", grid, cache)

@@ -388,10 +388,6 @@ class BlockGrid:
             )
         ]
 
-    def partition_halo_mapping(self) -> dict[str, set[str]]:
-        """For every partition, itself and its neighbours: what a halo read depends on."""
-        return {k: {k, *self.partition_neighbours(k)} for k in self.partition_keys}
-
     def blocks_writing(self, roi: Roi) -> list[int]:
         """Indices of the blocks whose write ROI intersects ``roi`` (voxels)."""
         inside = roi.intersect(self.volume_roi)

@@ -65,6 +65,7 @@ class ChunkFiles:
         shards = getattr(self.array, "shards", None)
         chunks = tuple(int(s) for s in (shards or self.array.chunks))
         channel_dims = len(chunks) - 3
+        self.channel_chunks = chunks[:channel_dims]
         self.spatial_chunks = chunks[channel_dims:]
         self.spatial_shape = tuple(int(s) for s in self.array.shape[channel_dims:])
         self.channel_grid = [
@@ -206,6 +207,7 @@ def observe_input(
 
     # Partitions without a version yet, and below those whose sub-fingerprints changed.
     touched = set(grid.partition_keys) - set(versions)
+    dirty = False  # a chunk's stat changed: remembered even if its voxels did not
     for coords in files.coords_under(grid.volume_roi):
         obs.chunks += 1
         name = _coords_text(coords)
@@ -221,6 +223,7 @@ def observe_input(
         old = {} if entry is None else entry[1]
         touched.update(k for k, v in parts.items() if old.get(k) != v)
         chunks[name] = [stat, parts]
+        dirty = True
 
     meta = files.metadata_digest()
     for key in touched:
@@ -231,7 +234,7 @@ def observe_input(
         versions[key] = digest.hexdigest()[:32]
     obs.partitions_rehashed = len(touched)
     obs.versions = {k: versions[k] for k in grid.partition_keys}
-    if cache_file is not None and (touched or not cache_file.is_file()):
+    if cache_file is not None and (dirty or touched or not cache_file.is_file()):
         _save_cache(cache_file, cache)
     obs.seconds = time.perf_counter() - start
     return obs
@@ -250,9 +253,8 @@ def _sub_fingerprints(
     keys = grid.partitions_reading(roi)
     if absent:
         return dict.fromkeys(keys, _ABSENT)
-    channel_chunks = files.array.chunks[: len(channel)]
     selection = tuple(
-        slice(c * s, (c + 1) * s) for c, s in zip(channel, channel_chunks, strict=True)
+        slice(c * s, (c + 1) * s) for c, s in zip(channel, files.channel_chunks, strict=True)
     ) + roi.slices
     data = np.asarray(files.array[selection])
     obs.chunks_read += 1
