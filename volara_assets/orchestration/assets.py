@@ -235,14 +235,7 @@ def _lut_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
     the content, each partition's fragment -> segment entries, is versioned by
     ``segment_ids``, which the LUT step records where it changed.
     """
-    params = w.config.require("lut")
-    parameters_version = DataVersion(
-        hashlib.sha256(
-            json.dumps(
-                [params.model_dump(mode="json"), w.config.score_groups], sort_keys=True
-            ).encode()
-        ).hexdigest()[:32]
-    )
+
     @asset(
         key=w.key("lut"),
         ins={
@@ -269,7 +262,9 @@ def _lut_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
         )
         canonical = table[:, np.argsort(table[0], kind="stable")].astype(np.uint64)
         metadata["content_hash"] = hashlib.sha256(canonical.tobytes()).hexdigest()[:32]
-        yield Output(table, metadata=metadata, data_version=parameters_version)
+        parameters = [params.model_dump(mode="json"), w.config.score_groups]
+        version = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
+        yield Output(table, metadata=metadata, data_version=DataVersion(version[:32]))
         # After the LUT file is written: the partitions whose segment ids changed get a new
         # `segment_ids` version, and only their segments turn stale.
         changed = observe_segment_ids(

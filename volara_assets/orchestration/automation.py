@@ -288,8 +288,10 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
       partition has a new version. The ``lut`` step records those versions
       right after writing the LUT, only where a fragment of the partition maps
       to another segment id or the fragments were rewritten (their version is
-      part of the digest). A new LUT alone is no trigger; segments still wait
-      while the LUT or their fragments are about to be requested.
+      part of the digest), or when the LUT's data version changed (its
+      parameters: every segment id may move). A new LUT alone is no trigger;
+      segments still wait while the LUT or their fragments are about to be
+      requested.
     """
 
     def keys(*names: str) -> AssetSelection:
@@ -301,9 +303,14 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
     fragments = AutomationCondition.eager()
     edges = AutomationCondition.eager() & waiting_for(fragments, "fragments", "fragment_nodes")
     lut = AutomationCondition.eager() & waiting_for(edges, "edges", "fragment_nodes")
-    # segment_ids is observed, so it counts as updated only where its version changed.
+    # segment_ids is observed, so it counts as updated only where its version changed; the
+    # LUT's version changes only with its parameters, and then every segment id may move.
+    ids_changed = AutomationCondition.any_deps_updated().allow(keys("segment_ids"))
+    parameters_changed = AutomationCondition.any_deps_match(
+        AutomationCondition.data_version_changed()
+    ).allow(keys("lut"))
     segments = (
-        _requested(AutomationCondition.any_deps_updated().ignore(keys("fragments", "lut")))
+        _requested(ids_changed | parameters_changed)
         & waiting_for(lut, "lut")
         & waiting_for(fragments, "fragments")
     )
