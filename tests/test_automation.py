@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 from conftest import (
     STEPS,
@@ -45,7 +44,6 @@ from dagster import (
 )
 from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.data_version import (
-    DATA_VERSION_TAG,
     CachingStaleStatusResolver,
     StaleStatus,
 )
@@ -57,7 +55,11 @@ from dagster._core.storage.tags import (
 
 from volara_assets.geometry import BlockGrid, Roi
 from volara_assets.storage.arrays import create_array, open_array
-from volara_assets.storage.fingerprints import input_state, partition_data_versions
+from volara_assets.storage.fingerprints import (
+    input_state,
+    observe_input,
+    partition_data_versions,
+)
 
 COMPUTED = ("fragments", "fragment_nodes", "edges", "lut", "segments")
 #: A corner region of block z0_y0_x0, inside one input chunk (4, 16, 16).
@@ -67,11 +69,11 @@ CHANGED = Roi((1, 4, 4), (2, 8, 8))
 # ----------------------------------------------------------------------------- helpers
 
 
-def change_affinities(path: Path, roi: Roi = CHANGED) -> None:
-    """Cut every affinity in ``roi`` (a wall of background): fragments there change."""
+def change_affinities(path: Path, roi: Roi = CHANGED, value: int = 0) -> None:
+    """Set every affinity in ``roi``: 0 cuts (a wall of background), 255 joins."""
     array = open_array(path, "r+")
     data = array.read(roi)
-    data[...] = 0
+    data[...] = value
     array.write(roi, data)
 
 
@@ -184,58 +186,153 @@ def read_all(bp) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- data versions
 
 
-@pytest.mark.parametrize("mode", ["stat", "content"])
-def test_versions_change_for_exactly_the_blocks_reading_the_change(
-    demo_volume: Path, tmp_path: Path, mode: str
-) -> None:
-    volume = copy_volume(demo_volume, tmp_path)
-    grid = BlockGrid((24, 64, 64), (8, 32, 32), (2, 2, 2))
-    before = partition_data_versions(volume / "affs", grid, mode)
-    assert len(before) == 12 and len(set(before.values())) == 12
-    assert partition_data_versions(volume / "affs", grid, mode) == before
-
-    # Voxels z 6..8 at a y/x corner: read by z0 blocks (write ROI) and z1 blocks (context).
-    boundary = Roi((6, 28, 28), (2, 4, 4))
-    change_affinities(volume / "affs", boundary)
-    after = partition_data_versions(volume / "affs", grid, mode)
-    changed = {k for k in before if before[k] != after[k]}
-    expected = partitions_touching(grid, changed_chunk_roi(boundary, (4, 16, 16)))
-    assert changed == expected == partitions_touching(grid, boundary)
-    assert len(changed) == 8  # z0 and z1, every y/x block: the chunk touches all four corners
-    print(f"\n[{mode}] boundary change: {len(changed)} of 12 partition versions changed")
-
-    before = after
-    change_affinities(volume / "affs", CHANGED)
-    after = partition_data_versions(volume / "affs", grid, mode)
-    assert {k for k in before if before[k] != after[k]} == {"z0_y0_x0"}
-    assert input_state(after) != input_state(before)
-
-
-def test_content_versions_ignore_a_rewrite_with_the_same_bytes(
+def test_versions_change_for_exactly_the_partitions_whose_read_roi_changed(
     demo_volume: Path, tmp_path: Path
 ) -> None:
     volume = copy_volume(demo_volume, tmp_path)
     grid = BlockGrid((24, 64, 64), (8, 32, 32), (2, 2, 2))
+    cache = tmp_path / "versions.json"
+    first = observe_input(volume / "affs", grid, cache)
+    before = first.versions
+    assert len(before) == 12 and len(set(before.values())) == 12
+    assert first.chunks == 6 * 4 * 4 and first.chunks_read == first.chunks  # no cache yet
+    again = observe_input(volume / "affs", grid, cache)
+    assert again.versions == before and again.chunks_read == 0 and again.partitions_rehashed == 0
+    # Without the cache the same versions are computed from scratch.
+    assert partition_data_versions(volume / "affs", grid) == before
+
+    # Voxels z 6..8 at the y/x centre: read by every z0 block (write ROI) and z1 block
+    # (context). Its chunk (4..8, 16..32, 16..32) also reaches the z1 blocks at other
+    # voxels, but only the changed voxels count.
+    boundary = Roi((6, 30, 30), (2, 4, 4))
+    change_affinities(volume / "affs", boundary)
+    obs = observe_input(volume / "affs", grid, cache)
+    changed = {k for k in before if before[k] != obs.versions[k]}
+    assert changed == partitions_touching(grid, boundary)
+    assert len(changed) == 8
+    assert obs.chunks_read == 4  # the 4 chunk files the change wrote, nothing else
+    assert obs.versions == partition_data_versions(volume / "affs", grid)
+
+    # Inside one chunk read by 2 partitions' context, but 3 voxels from their read ROIs.
+    before = obs.versions
+    far = Roi((12, 16, 16), (1, 4, 4))  # chunk (12..16, 16..32, 16..32): z1 blocks only
+    change_affinities(volume / "affs", far)
+    obs = observe_input(volume / "affs", grid, cache)
+    assert {k for k in before if before[k] != obs.versions[k]} == {"z1_y0_x0"}
+    assert partitions_touching(grid, changed_chunk_roi(far, (4, 16, 16))) != {"z1_y0_x0"}
+
+    before = obs.versions
+    change_affinities(volume / "affs", CHANGED)
+    after = observe_input(volume / "affs", grid, cache).versions
+    assert {k for k in before if before[k] != after[k]} == {"z0_y0_x0"}
+    assert input_state(after) != input_state(before)
+
+
+def test_versions_ignore_a_rewrite_with_the_same_values(demo_volume: Path, tmp_path: Path) -> None:
+    volume = copy_volume(demo_volume, tmp_path)
+    grid = BlockGrid((24, 64, 64), (8, 32, 32), (2, 2, 2))
+    cache = tmp_path / "versions.json"
     array = open_array(volume / "affs", "r+")
-    before = {m: partition_data_versions(volume / "affs", grid, m) for m in ("stat", "content")}
+    before = observe_input(volume / "affs", grid, cache)
     time.sleep(0.01)
     array.write(CHANGED, array.read(CHANGED))  # same values, chunk file rewritten
-    after = {m: partition_data_versions(volume / "affs", grid, m) for m in ("stat", "content")}
-    assert after["content"] == before["content"]
-    # The cheap fingerprint errs on the side of recomputing.
-    assert {k for k in before["stat"] if before["stat"][k] != after["stat"][k]} == {"z0_y0_x0"}
+    after = observe_input(volume / "affs", grid, cache)
+    assert after.chunks_read == 1  # its stat changed: read once...
+    assert after.versions == before.versions  # ... and found equal
+    assert observe_input(volume / "affs", grid, cache).chunks_read == 0  # and remembered
+    # A torn cache is never trusted: everything is read again, same versions.
+    cache.write_text("{not json")
+    rebuilt = observe_input(volume / "affs", grid, cache)
+    assert rebuilt.versions == before.versions and rebuilt.chunks_read == rebuilt.chunks
 
 
 # ----------------------------------------------------------------------------- staleness
 
 
-def test_input_change_makes_stale_and_recomputes_exactly_the_affected_partitions(
-    demo_volume: Path, tmp_path: Path
-) -> None:
+def drive_automation(
+    bp, defs: Definitions, instance: DagsterInstance, cursor: str | None
+) -> tuple[dict[str, set], list[dict[str, int]], str]:
+    """Let the automation conditions drive, one tick at a time, running what they request.
+
+    Returns the union of the stale partitions seen before every tick, the waves
+    (requested partitions per asset and runs, per tick) and the sensor's cursor.
+    """
+    ever_stale: dict[str, set] = {n: set() for n in COMPUTED}
+    requested: dict[str, list] = {n: [] for n in COMPUTED}
+    waves: list[dict[str, int]] = []
+    for _ in range(10):
+        for name, keys in stale_partitions(bp, instance).items():
+            ever_stale[name] |= keys
+        result = automation_tick(defs, instance, cursor)
+        cursor = result.cursor
+        if not result.run_requests:
+            break
+        tick: dict[str, set] = {}
+        for request in result.run_requests:
+            for name, keys in requested_partitions(bp, request).items():
+                tick.setdefault(name, set()).update(keys)
+        waves.append(
+            {n: len(tick[n]) for n in COMPUTED if n in tick} | {"runs": len(result.run_requests)}
+        )
+        for name, keys in tick.items():
+            requested[name].extend(keys)
+        for request in result.run_requests:
+            launch(bp, instance, request)
+    assert all(not v for v in stale_partitions(bp, instance).values())
+    # Each partition requested once: nothing recomputed twice.
+    for name, keys in requested.items():
+        assert len(keys) == len(set(keys)), (name, sorted(keys, key=str))
+    return ever_stale, waves, cursor
+
+
+def shifted(key: str, delta: tuple[int, int, int]) -> str:
+    """The key of the block ``delta`` blocks further along (z, y, x), written out by hand."""
+    z, y, x = (int(part[1:]) for part in key.split("_"))
+    return f"z{z + delta[0]}_y{y + delta[1]}_x{x + delta[2]}"
+
+
+def segment_ids_changed(grid: BlockGrid, before: np.ndarray, after: np.ndarray) -> set[str]:
+    """Partitions holding a fragment whose segment id differs between two LUTs (or that one
+    of them lacks): the segments partitions whose voxels can differ."""
+    old = dict(zip(before[0].tolist(), before[1].tolist(), strict=True))
+    new = dict(zip(after[0].tolist(), after[1].tolist(), strict=True))
+    ids = [f for f in set(old) | set(new) if old.get(f) != new.get(f)]
+    blocks = grid.block_of_fragment(np.array(ids, dtype=np.uint64)) if ids else []
+    return {grid.partition_of_block(int(b)) for b in blocks}
+
+
+#: A 4 x 4 x 4 grid on the (24, 64, 64) demo volume: blocks (6, 16, 16), context 2. Input
+#: chunks (4, 16, 16) do not align with the blocks in z, so versions must be exact.
+GRID_4 = {"block_size": (6, 16, 16), "context": (2, 2, 2)}
+#: Changes: a region, the value every affinity in it gets (0 cuts, 255 joins) and the
+#: fragments partitions whose read ROI it meets.
+CHANGES = {
+    # Inside block z1_y1_x1 (z 6..12, y/x 16..32), >= 2 voxels from every face; all of it
+    # lies in one large object, so no segment id changes outside the block.
+    "interior": (Roi((8, 20, 20), (2, 8, 8)), 0, {"z1_y1_x1"}),
+    # Inside block z1_y2_x2, joining the objects that meet there: a far larger segment now
+    # takes the smallest fragment id of the merged one, in every block it spans.
+    "interior join": (Roi((8, 34, 34), (2, 12, 12)), 255, {"z1_y2_x2"}),
+    # Across the x face between z1_y1_x1 and z1_y1_x2 (x = 32).
+    "face": (Roi((8, 20, 31), (2, 8, 2)), 0, {"z1_y1_x1", "z1_y1_x2"}),
+    # Around the corner shared by z1..z2, y1..y2, x1..x2 (12, 32, 32).
+    "corner": (
+        Roi((11, 31, 31), (2, 2, 2)),
+        0,
+        {f"z{z}_y{y}_x{x}" for z in (1, 2) for y in (1, 2) for x in (1, 2)},
+    ),
+}
+
+
+def test_a_change_recomputes_exactly_what_depends_on_it(demo_volume: Path, tmp_path: Path) -> None:
+    """Interior, face and corner changes on a 4 x 4 x 4 grid, one after another on one
+    instance: what turns stale and what is recomputed, per asset, and the result equals a
+    from-scratch run after each."""
     volume = copy_volume(demo_volume, tmp_path)
-    bp = build_pipeline(write_pipeline_yaml(tmp_path / "incremental", volume))
+    bp = build_pipeline(write_pipeline_yaml(tmp_path / "incremental", volume, **GRID_4))
     defs = build_defs(tmp_path / "incremental" / "pipeline.yaml")
     grid = bp.built.pipeline.grid
+    assert grid.grid_shape == (4, 4, 4)
     instance = DagsterInstance.ephemeral()
     affinities = bp.key("affinities")
 
@@ -256,95 +353,80 @@ def test_input_change_makes_stale_and_recomputes_exactly_the_affected_partitions
     first = automation_tick(defs, instance, None)
     assert first.run_requests == []
     cursor = first.cursor
-    before = read_all(bp)
 
-    change_affinities(volume / "affs", CHANGED)
-    mark = max(r.asset_entry.last_event_storage_id or 0 for r in instance.get_asset_records())
-    observe(defs, affinities, instance)
+    report = []
+    for case, (roi, value, reading) in CHANGES.items():
+        before = read_all(bp)
+        mark = max(r.asset_entry.last_event_storage_id or 0 for r in instance.get_asset_records())
+        change_affinities(volume / "affs", roi, value)
+        observe(defs, affinities, instance)
 
-    # Observing gives new versions to exactly the blocks whose read ROI covers the change.
-    observed = instance.fetch_observations(
-        AssetRecordsFilter(asset_key=affinities, after_storage_id=mark), limit=100
-    ).records
-    versions = {r.partition_key: r.event_log_entry.tags[DATA_VERSION_TAG] for r in observed}
-    previous = {
-        k: instance.fetch_observations(
-            AssetRecordsFilter(asset_key=affinities, asset_partitions=[k], before_storage_id=mark),
-            limit=1,
+        # Exactly the partitions whose read ROI holds a changed voxel get a new version,
+        # although the changed input chunks reach further.
+        assert partitions_touching(grid, roi) == reading
+        assert partitions_touching(grid, changed_chunk_roi(roi, (4, 16, 16))) > reading
+        assert stale_partitions(bp, instance)["fragments"] == reading
+
+        ever_stale, waves, cursor = drive_automation(bp, defs, instance, cursor)
+        after = read_all(bp)
+        rematerialized = {n: set(materialized_after(bp, instance, n, mark)) for n in COMPUTED}
+
+        # Edges read their own block and the three upper faces: an edges partition is
+        # recomputed when its own fragments or those of its +z, +y or +x neighbour changed.
+        forward = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+        edges = {k for k in bp.partition_keys if any(shifted(k, d) in reading for d in forward)}
+        assert len(edges) == {"interior": 4, "interior join": 4, "face": 7, "corner": 20}[case]
+        # Segments: the changed blocks, and the blocks holding a fragment whose segment id
+        # moved (segment ids are smallest fragment ids, so a split or merge can reach far).
+        segments = reading | segment_ids_changed(grid, before["lut"], after["lut"])
+        assert len(segments) < len(bp.partition_keys), case
+        if case == "interior join":
+            assert len(segments) > 1  # ids moved in blocks the change never reached
+        expected = {
+            "fragments": reading,
+            "fragment_nodes": reading,
+            "edges": edges,
+            "lut": {None},
+            "segments": segments,
+        }
+        for name in COMPUTED:
+            assert ever_stale[name] == expected[name], (case, name, ever_stale[name])
+            assert rematerialized[name] == expected[name], (case, name, rematerialized[name])
+        # One wave per step, each one run per contiguous range of partitions.
+        assert [set(w) - {"runs"} for w in waves] == [
+            {"fragments", "fragment_nodes"},
+            {"edges"},
+            {"lut"},
+            {"segments"},
+        ], waves
+        # Fragments differ from before the change only inside the changed blocks.
+        diff = np.argwhere(after["fragments"] != before["fragments"])
+        assert len(diff) > 0
+        changed_blocks = {
+            grid.partition_of_block(
+                grid.block_index([int(c) // b for c, b in zip(voxel, grid.block_size, strict=True)])
+            )
+            for voxel in diff
+        }
+        assert changed_blocks <= reading
+        report.append(
+            f"{case:>13}: stale "
+            + ", ".join(f"{n} {len(ever_stale[n])}" for n in COMPUTED)
+            + " | rematerialized "
+            + ", ".join(f"{n} {len(rematerialized[n])}" for n in COMPUTED)
+            + f" | waves {waves}"
         )
-        .records[0]
-        .event_log_entry.tags[DATA_VERSION_TAG]
-        for k in bp.partition_keys
-    }
-    changed_blocks = partitions_touching(grid, changed_chunk_roi(CHANGED, (4, 16, 16)))
-    assert changed_blocks == partitions_touching(grid, CHANGED) == {"z0_y0_x0"}
-    assert {k for k in versions if versions[k] != previous[k]} == changed_blocks
-
-    # Let the automation conditions drive, one tick at a time, running what they request.
-    expected = {
-        "fragments": changed_blocks,
-        "fragment_nodes": changed_blocks,
-        "edges": {n for k in changed_blocks for n in grid.partition_halo_mapping()[k]},
-        "lut": {None},
-        "segments": set(bp.partition_keys),
-    }
-    ever_stale: dict[str, set] = {n: set() for n in COMPUTED}
-    requested: dict[str, list] = {n: [] for n in COMPUTED}
-    waves = []
-    for _ in range(8):
-        for name, keys in stale_partitions(bp, instance).items():
-            # Nothing outside the expected sets is ever stale.
-            assert keys <= expected[name], (name, keys)
-            ever_stale[name] |= keys
-        result = automation_tick(defs, instance, cursor)
-        cursor = result.cursor
-        if not result.run_requests:
-            break
-        tick: dict[str, set] = {}
-        for request in result.run_requests:
-            for name, keys in requested_partitions(bp, request).items():
-                tick.setdefault(name, set()).update(keys)
-        waves.append(
-            {n: len(tick[n]) for n in COMPUTED if n in tick} | {"runs": len(result.run_requests)}
+        if case not in ("interior join", "corner"):
+            continue  # a from-scratch run costs a minute: where segments were skipped, and last
+        # Segments partitions left alone hold what they would after a full run.
+        scratch = build_pipeline(
+            write_pipeline_yaml(tmp_path / f"scratch_{case.replace(' ', '_')}", volume, **GRID_4)
         )
-        for name, keys in tick.items():
-            requested[name].extend(keys)
-        for request in result.run_requests:
-            launch(bp, instance, request)
-    assert all(not v for v in stale_partitions(bp, instance).values())
-
-    rematerialized = {n: materialized_after(bp, instance, n, mark) for n in COMPUTED}
-    print(
-        "\nstale after the change (union over the waves): "
-        + ", ".join(f"{n} {len(ever_stale[n])}" for n in COMPUTED)
-        + "\nrematerialized: "
-        + ", ".join(f"{n} {len(rematerialized[n])}" for n in COMPUTED)
-        + f"\nwaves (requests per automation tick): {waves}"
-    )
-    for name in COMPUTED:
-        assert ever_stale[name] == expected[name], name
-        # Each partition exactly once: nothing recomputed twice, nothing else touched.
-        assert sorted(rematerialized[name], key=str) == sorted(expected[name], key=str), name
-        assert sorted(requested[name], key=str) == sorted(expected[name], key=str), name
-    # One wave per step, each one run (the partitions of a wave are contiguous here).
-    assert waves == [
-        {"fragments": 1, "fragment_nodes": 1, "runs": 1},
-        {"edges": len(expected["edges"]), "runs": 1},
-        {"lut": 1, "runs": 1},
-        {"segments": 12, "runs": 1},
-    ]
-
-    # The result equals a from-scratch run on the changed input.
-    scratch = build_pipeline(write_pipeline_yaml(tmp_path / "scratch", volume))
-    full_run(scratch, DagsterInstance.ephemeral())
-    got, want = read_all(bp), read_all(scratch)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    # ... and differs from the run before the change only in the changed block.
-    diff = np.argwhere(got["fragments"] != before["fragments"])
-    assert len(diff) > 0
-    write_roi = grid.block(0).write_roi
-    assert (diff.min(axis=0) >= write_roi.begin).all() and (diff.max(axis=0) < write_roi.end).all()
+        full_run(scratch, DagsterInstance.ephemeral())
+        want = read_all(scratch)
+        for name in want:
+            np.testing.assert_array_equal(after[name], want[name], err_msg=f"{case}: {name}")
+    print("\n" + "\n".join(report))
 
 
 # ----------------------------------------------------------------------------- sensor, schedule
@@ -506,13 +588,15 @@ def test_daemon_recomputes_the_stale_partitions_after_an_input_change(
             assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
             time.sleep(0.5)
         mark = max(r.asset_entry.last_event_storage_id or 0 for r in instance.get_asset_records())
+        before = read_all(bp)
         change_affinities(volume / "affs", CHANGED)
         changed_at = time.monotonic()
 
         deadline = time.monotonic() + 240
         while True:
             done = {n: materialized_after(bp, instance, n, mark) for n in COMPUTED}
-            if len(done["segments"]) >= 12 and not any(stale_partitions(bp, instance).values()):
+            finished = done["lut"] and "z0_y0_x0" in done["segments"]
+            if finished and not any(stale_partitions(bp, instance).values()):
                 break
             assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (
@@ -526,8 +610,11 @@ def test_daemon_recomputes_the_stale_partitions_after_an_input_change(
             + ", ".join(f"{n} {len(v)}" for n, v in done.items())
         )
         assert sorted(done["fragments"]) == ["z0_y0_x0"]
-        assert len(done["edges"]) == 8 and done["lut"] == [None]
-        assert sorted(done["segments"]) == bp.partition_keys
+        assert sorted(done["edges"]) == ["z0_y0_x0"] and done["lut"] == [None]
+        # The segments of the changed block, and of blocks whose fragments changed segment id.
+        grid = bp.built.pipeline.grid
+        moved = segment_ids_changed(grid, before["lut"], read_all(bp)["lut"])
+        assert sorted(done["segments"]) == sorted({"z0_y0_x0"} | moved)
     finally:
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)

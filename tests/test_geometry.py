@@ -137,3 +137,51 @@ def test_halo_mapping_is_every_partition_with_its_neighbours():
 def test_bad_grid_names_the_field(kw, message):
     with pytest.raises(ValueError, match=message):
         grid(**kw)
+
+
+def test_pair_read_forward_offsets_read_own_block_and_upper_face_slabs():
+    g = BlockGrid(shape=(30, 30, 30), block_size=(10, 10, 10), context=(2, 2, 2))
+    plan = g.pair_read(13, [(1, 0, 0), (0, 1, 0), (0, 0, 2)])
+    assert plan.box == Roi((10, 10, 10), (11, 11, 12))
+    assert plan.affinities == Roi((10, 10, 10), (10, 10, 10))
+    assert plan.fragments == (
+        Roi((10, 10, 10), (10, 10, 10)),
+        Roi((20, 10, 10), (1, 10, 10)),
+        Roi((10, 20, 10), (10, 1, 10)),
+        Roi((10, 10, 20), (10, 10, 2)),
+    )
+    # A negative component can start a pair in an earlier block: the whole read ROI.
+    back = g.pair_read(13, [(1, 0, 0), (0, -1, 0)])
+    assert back.fragments == (g.block(13).read_roi,) and back.affinities == g.block(13).read_roi
+
+
+def test_partition_pair_reads_follow_the_read():
+    g = BlockGrid(shape=(30, 30, 30), block_size=(10, 10, 10), context=(2, 2, 2))
+    centre = "z1_y1_x1"
+    # Axis-aligned forward offsets: itself and the three upper face neighbours.
+    assert g.partition_pair_reads([(1, 0, 0), (0, 1, 0), (0, 0, 1)])[centre] == {
+        "z1_y1_x1",
+        "z2_y1_x1",
+        "z1_y2_x1",
+        "z1_y1_x2",
+    }
+    # A diagonal forward offset reaches the forward 2 x 2 x 2 box.
+    assert g.partition_pair_reads([(1, 1, 1)])[centre] == {
+        f"z{z}_y{y}_x{x}" for z in (1, 2) for y in (1, 2) for x in (1, 2)
+    }
+    # A last block reads only itself; a negative offset needs all 26 neighbours.
+    assert g.partition_pair_reads([(1, 0, 0)])["z2_y2_x2"] == {"z2_y2_x2"}
+    assert len(g.partition_pair_reads([(-1, 0, 0)])[centre]) == 27
+
+
+def test_partitions_reading_and_partition_read_roi():
+    g = BlockGrid(
+        shape=(40, 40, 40),
+        block_size=(10, 10, 10),
+        context=(2, 2, 2),
+        blocks_per_partition=(2, 2, 2),
+    )
+    assert g.partition_read_roi("z0_y0_x0") == Roi((-2, -2, -2), (24, 24, 24))
+    assert g.partitions_reading(Roi((5, 5, 5), (1, 1, 1))) == ["z0_y0_x0"]
+    # 1 voxel from the brick's upper x face: the x neighbour's context reads it too.
+    assert g.partitions_reading(Roi((5, 5, 19), (1, 1, 1))) == ["z0_y0_x0", "z0_y0_x1"]

@@ -42,11 +42,12 @@ INTERIOR = "z1_y2_x1"
 ALL_KEYS = [f"z{z}_y{y}_x{x}" for z, y, x in itertools.product(*(range(g) for g in GRID))]
 
 
-def halo_keys(key: str) -> set[str]:
-    """The partition and its face/edge/corner neighbours, computed here from the key."""
+def read_keys(key: str) -> set[str]:
+    """The partition and its +z, +y, +x neighbours (what an edges block reads with forward
+    offsets), computed here from the key."""
     c = [int(part[1:]) for part in key.split("_")]
     out = set()
-    for d in itertools.product((-1, 0, 1), repeat=3):
+    for d in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)):
         n = [a + b for a, b in zip(c, d, strict=True)]
         if all(0 <= v < g for v, g in zip(n, GRID, strict=True)):
             out.add(f"z{n[0]}_y{n[1]}_x{n[2]}")
@@ -63,14 +64,13 @@ def grid_pipeline(demo_volume: Path, tmp_path_factory: pytest.TempPathFactory) -
     return write_pipeline_yaml(tmp_path_factory.mktemp("grid"), demo_volume, block_size=BLOCK_SIZE)
 
 
-def test_expected_halo_of_the_interior_partition() -> None:
-    expected = halo_keys(INTERIOR)
-    assert len(expected) == 27
-    assert expected == {f"z{z}_y{y}_x{x}" for z in (0, 1, 2) for y in (1, 2, 3) for x in (0, 1, 2)}
+def test_expected_reads_of_the_interior_partition() -> None:
+    assert read_keys(INTERIOR) == {"z1_y2_x1", "z2_y2_x1", "z1_y3_x1", "z1_y2_x2"}
+    assert read_keys("z2_y3_x3") == {"z2_y3_x3"}
     assert len(ALL_KEYS) == 48
 
 
-def test_serialized_asset_graph_maps_interior_edges_to_27_fragments(
+def test_serialized_asset_graph_maps_edges_to_the_fragments_they_read(
     grid_pipeline: Path, tmp_path: Path
 ) -> None:
     # The code location serializes its repository snapshot in another process, as
@@ -107,20 +107,25 @@ def test_serialized_asset_graph_maps_interior_edges_to_27_fragments(
         assert len(result.required_but_nonexistent_subset) == 0
         return set(result.partitions_subset.get_partition_keys())
 
-    expected = halo_keys(INTERIOR)
-    assert parents("edges", "fragments", INTERIOR) == expected
-    # A corner block reads 8 partitions, a block on a face of the volume 18.
+    # An edges block reads its own fragments and a slab of its +z, +y, +x neighbours'.
+    assert parents("edges", "fragments", INTERIOR) == read_keys(INTERIOR)
     assert parents("edges", "fragments", "z0_y0_x0") == {
-        f"z{z}_y{y}_x{x}" for z in (0, 1) for y in (0, 1) for x in (0, 1)
+        "z0_y0_x0",
+        "z1_y0_x0",
+        "z0_y1_x0",
+        "z0_y0_x1",
     }
-    assert len(parents("edges", "fragments", "z0_y1_x1")) == 18
-    # Relabelling reads only its own block's fragments; the LUT reads every block's edges.
+    assert parents("edges", "fragments", "z2_y3_x3") == {"z2_y3_x3"}
+    # Relabelling reads only its own block's fragments and segment ids; the LUT reads
+    # every block's edges.
     assert parents("segments", "fragments", INTERIOR) == {INTERIOR}
+    assert parents("segments", "segment_ids", INTERIOR) == {INTERIOR}
     assert parents("lut", "edges", None) == set(ALL_KEYS)
 
-    # And the other direction, which the UI uses to show what a partition feeds.
+    # And the other direction, which the UI uses to show what a partition feeds: the edges
+    # of the block and of its -z, -y, -x neighbours.
     children = graph.get_child_partition_keys_of_parent(INTERIOR, key("fragments"), key("edges"))
-    assert set(children) == expected
+    assert set(children) == {"z1_y2_x1", "z0_y2_x1", "z1_y1_x1", "z1_y2_x0"}
 
     node = graph.get(key("edges"))
     assert node.partitions_def is not None
@@ -243,9 +248,9 @@ def test_webserver_serves_the_partitioned_asset_graph(grid_pipeline: Path, tmp_p
 
     nodes = {tuple(n["assetKey"]["path"]): n for n in data["assetNodes"]}
 
-    names = ("affinities", "fragments", "fragment_nodes", "edges", "lut", "segments")
+    names = ("affinities", "fragments", "fragment_nodes", "edges", "lut", "segment_ids", "segments")
     assert {("demo", n) for n in names} <= set(nodes)
-    for name in ("affinities", "fragments", "fragment_nodes", "edges", "segments"):
+    for name in ("affinities", "fragments", "fragment_nodes", "edges", "segment_ids", "segments"):
         node = nodes[("demo", name)]
         assert node["isPartitioned"], name
         [dimension] = node["partitionKeysByDimension"]
@@ -260,17 +265,16 @@ def test_webserver_serves_the_partitioned_asset_graph(grid_pipeline: Path, tmp_p
     mapping = deps[("demo", "fragments")]
     assert mapping is not None and mapping["className"] == "StaticPartitionMapping"
     # The mapping the webserver holds, upstream key -> downstream keys, inverted for
-    # the interior block: its 27 upstream partitions.
+    # the interior block: the 4 partitions it reads.
     table = ast.literal_eval(mapping["description"].split("mapping: \n", 1)[1])
     upstream_of_interior = {u for u, downs in table.items() if INTERIOR in downs}
-    assert upstream_of_interior == halo_keys(INTERIOR)
-    assert len(upstream_of_interior) == 27
+    assert upstream_of_interior == read_keys(INTERIOR)
     assert set(table) == set(ALL_KEYS)
     segment_deps = {
         tuple(d["asset"]["assetKey"]["path"]): d["partitionMapping"]
         for d in nodes[("demo", "segments")]["dependencies"]
     }
-    assert {("demo", "fragments"), ("demo", "lut")} <= set(segment_deps)
+    assert {("demo", "fragments"), ("demo", "lut"), ("demo", "segment_ids")} <= set(segment_deps)
     # Relabelling a block reads only that block's fragments (identity, no halo).
     assert segment_deps[("demo", "fragments")] is None or (
         segment_deps[("demo", "fragments")]["className"] != "StaticPartitionMapping"

@@ -354,6 +354,13 @@ class PipelineConfig(_Model):
         # Validated again: two paths that differ as written may be one file once resolved.
         return self.model_validate({**self.model_dump(), **update})
 
+    @property
+    def input_versions_path(self) -> str:
+        """The affinities' sub-fingerprint cache (:mod:`volara_assets.storage.fingerprints`):
+        next to the fragments array, on storage the pipeline writes anyway, never inside
+        the input."""
+        return f"{self.fragments_array.rstrip('/')}.input_versions.json"
+
     # -- YAML ----------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:

@@ -155,6 +155,20 @@ class Block:
 
 
 @dataclass(frozen=True)
+class PairRead:
+    """What one block reads to score the voxel pairs it owns (see :meth:`BlockGrid.pair_read`).
+
+    ``box`` is the region the kernel sees; ``fragments`` the pieces of it whose
+    fragment ids are read (the rest of the box is never the end of an owned
+    pair and stays 0); ``affinities`` the part whose affinities are read.
+    """
+
+    box: Roi
+    fragments: tuple[Roi, ...]
+    affinities: Roi
+
+
+@dataclass(frozen=True)
 class BlockGrid:
     """Blocks of ``block_size`` voxels tiling a volume of ``shape`` voxels.
 
@@ -304,6 +318,30 @@ class BlockGrid:
             if not slab.empty:
                 pieces.append(slab)
         return box, pieces
+
+    def pair_read(self, index: int, offsets: Sequence[Sequence[int]]) -> PairRead:
+        """What block ``index`` reads to score every voxel pair ``(i, i + offset)`` it owns.
+
+        The one decision behind both the edges job's read and the edges asset's
+        partition mapping (:meth:`partition_pair_reads`), so they never disagree.
+
+        With every offset forward (all components >= 0, as mwatershed's), a pair
+        joining a fragment of this block to one of a later block starts in this
+        block, so the affinities of the write ROI and the fragments of
+        :meth:`forward_reach` (write ROI plus slabs past its upper faces, or the
+        whole forward box for diagonal offsets) give every pair. An offset with a
+        negative component can start a pair in an earlier block: then the block
+        reads its whole read ROI (write ROI grown by the context) of both.
+        """
+        used = {as_coord(o, "offset") for o in offsets}
+        block = self.block(index)
+        if any(c < 0 for o in used for c in o):
+            roi = block.read_roi
+            return PairRead(box=roi, fragments=(roi,), affinities=roi)
+        reach = tuple(max((o[axis] for o in used), default=0) for axis in range(3))
+        axis_aligned = all(sum(c != 0 for c in o) == 1 for o in used)
+        box, pieces = self.forward_reach(index, reach, axis_aligned=axis_aligned)
+        return PairRead(box=box, fragments=tuple(pieces), affinities=block.write_roi)
 
     # -- fragment ids ----------------------------------------------------------
     def fragment_id_base(self, index: int) -> int:
@@ -472,6 +510,45 @@ class BlockGrid:
             for s, t in zip(sources.tolist(), targets.tolist(), strict=True):
                 halo[s].add(keys[t])
         return dict(zip(keys, halo, strict=True))
+
+    def blocks_writing(self, roi: Roi) -> list[int]:
+        """Indices of the blocks whose write ROI intersects ``roi`` (voxels)."""
+        inside = roi.intersect(self.volume_roi)
+        if inside.empty:
+            return []
+        ranges = [
+            range(b // s, (e - 1) // s + 1)
+            for b, e, s in zip(inside.begin, inside.end, self.block_size, strict=True)
+        ]
+        return [self.block_index(c) for c in itertools.product(*ranges)]
+
+    def partition_pair_reads(self, offsets: Sequence[Sequence[int]]) -> dict[str, set[str]]:
+        """For every partition, the partitions whose fragments its pair scoring reads.
+
+        Derived from :meth:`pair_read`, the read the edges job performs: a
+        partition depends on the partitions owning the fragments any of its
+        blocks reads (itself and, with forward offsets, 3 face neighbours, or 7
+        for diagonal ones; with negative offsets up to 26).
+        """
+        return {
+            key: {
+                self.partition_of_block(i)
+                for block in self.partition_blocks(key)
+                for piece in self.pair_read(block.index, offsets).fragments
+                for i in self.blocks_writing(piece)
+            }
+            for key in self.partition_keys
+        }
+
+    def partition_read_roi(self, key: str) -> Roi:
+        """The union of partition ``key``'s blocks' read ROIs: its bounding box grown by the
+        context (a brick is a box, so growing each block and growing the brick agree)."""
+        return self.partition_roi(key).grow(self.context)
+
+    def partitions_reading(self, roi: Roi) -> list[str]:
+        """Keys of the partitions whose read ROI intersects ``roi``, in z-major order."""
+        keys = {self.partition_of_block(i) for i in self.blocks_touching(roi)}
+        return sorted(keys, key=self._partition_index.__getitem__)
 
     @staticmethod
     def _neighbours(coords: Coord, shape: Coord, to_index) -> list[int]:

@@ -346,7 +346,10 @@ def _check_prerequisites(
     for key in selected:
         asset = _definition(built, key)
         deps: Iterable[AssetKey] = asset.asset_deps.get(key, ()) if asset is not None else ()
-        upstream.update(d for d in deps if _definition(built, d) is not None)
+        # Observed assets (segment_ids, recorded by the lut step) are no step's output.
+        upstream.update(
+            d for d in deps if (a := _definition(built, d)) is not None and not a.is_observable
+        )
     missing = []
     for key in sorted(upstream - set(selected), key=lambda k: k.to_user_string()):
         name = key.path[-1]

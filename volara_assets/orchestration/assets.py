@@ -1,20 +1,22 @@
-"""The asset factory: one pipeline config becomes block-partitioned Dagster assets.
+r"""The asset factory: one pipeline config becomes block-partitioned Dagster assets.
 
 Asset graph (keys under the pipeline's name)::
 
-    affinities --> fragments, fragment_nodes --halo--> edges --> lut --> segments
-         \\___________________________________________/            fragments --/
+    affinities --> fragments, fragment_nodes --reads--> edges --> lut --> segment_ids
+         \___________________________________________/           |   (observed)
+                                          fragments, lut, segment_ids --> segments
 
 Every partitioned asset shares one ``StaticPartitionsDefinition`` whose keys are
-the block grid's partitions; reads with a halo declare it with a
+the block grid's partitions; ``edges`` declares the fragments partitions it
+reads (:meth:`BlockGrid.pair_read`, the decision the edges job reads by) with a
 ``StaticPartitionMapping`` (serialized, so the UI and daemon see it).
 
 The ``affinities`` partition of a block stands for everything the block reads,
-its read ROI (write ROI plus context): its observed data version fingerprints
-exactly those chunks (:mod:`volara_assets.orchestration.automation`). So ``fragments`` and
+its read ROI (write ROI plus context): its observed data version hashes exactly
+those voxels (:mod:`volara_assets.storage.fingerprints`). So ``fragments`` and
 ``edges`` depend on it one to one, and a changed region makes stale exactly the
-fragments whose read ROI touches it, the edges that read those fragments (halo),
-the LUT and the segments.
+fragments whose read ROI holds a changed voxel, the edges that read those
+fragments, the LUT, and the segments whose segment ids changed.
 
 Data versions and provenance. Steps cover many partitions in one run
 (``BackfillPolicy.single_run``); Dagster then writes the same provenance tags on
@@ -25,12 +27,18 @@ data version before and after the storage id recorded in the provenance. A
 ``code_version`` would break this: the data version would become a hash of the
 code version and of the inputs' versions, and Dagster hashes observed
 (source) partitions as empty, so a rematerialized ``fragments`` partition would
-keep its version and its ``edges`` would never turn stale. The LUT, one file,
-reports a content hash as its data version: an identical LUT leaves the
-segments fresh.
+keep its version and its ``edges`` would never turn stale.
+
+The LUT is one file, and an unpartitioned dependency's version is compared as
+a whole, so the LUT's data version hashes only its parameters and each
+partition's share of it (its fragments' segment ids) is versioned by the
+observed ``segment_ids`` asset, recorded by the LUT step where it changed
+(:func:`_segment_ids_asset` says why observed): after a LUT update, a segments
+partition is stale only if one of its fragments maps to another segment id.
 """
 
 import hashlib
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -44,6 +52,7 @@ from dagster import (
     AssetKey,
     AssetOut,
     AssetsDefinition,
+    AssetSpec,
     BackfillPolicy,
     BetaWarning,
     DataVersion,
@@ -53,6 +62,7 @@ from dagster import (
     StaticPartitionsDefinition,
     asset,
     multi_asset,
+    multi_observable_source_asset,
 )
 
 from ..config import PipelineConfig
@@ -67,6 +77,7 @@ from .automation import (
     build_input_sensor,
     build_observe_job,
     build_observe_schedule,
+    observe_segment_ids,
     pipeline_automation_conditions,
 )
 from .checks import build_pipeline_checks, evaluation_result
@@ -189,12 +200,19 @@ def _fragments_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition
 
 def _edges_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
     key, grid = w.key, w.pipeline.grid
-    halo = StaticPartitionMapping(grid.partition_halo_mapping())
+    # The partitions whose fragments an edges partition reads, from the very decision the
+    # edges job reads by (BlockGrid.pair_read); Dagster wants them upstream -> downstream.
+    offsets = [o for group in w.config.score_groups.values() for o in group]
+    read_by: dict[str, set[str]] = {k: set() for k in grid.partition_keys}
+    for edges_key, fragment_keys in grid.partition_pair_reads(offsets).items():
+        for fragments_key in fragment_keys:
+            read_by[fragments_key].add(edges_key)
+    reads = StaticPartitionMapping(read_by)
 
     @asset(
         key=key("edges"),
         ins={
-            "fragments": AssetIn(key("fragments"), partition_mapping=halo),
+            "fragments": AssetIn(key("fragments"), partition_mapping=reads),
             "affinities": AssetIn(key("affinities")),
         },
         deps=[key("fragment_nodes")],
@@ -217,6 +235,17 @@ def _edges_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
 
 
 def _lut_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
+    """The global LUT; its data version hashes its parameters, not its content.
+
+    Every segments partition reads the one LUT file, and Dagster compares an
+    unpartitioned dependency's version as a whole: a content hash would make
+    every segments partition stale on any change anywhere. So the LUT's
+    version says only what changes every segment id at once (the agglomeration
+    parameters), its content hash is metadata, and the per-partition part of
+    the content, each partition's fragment -> segment entries, is versioned by
+    ``segment_ids``, which the LUT step records where it changed.
+    """
+
     @asset(
         key=w.key("lut"),
         ins={"fragment_nodes": AssetIn(w.key("fragment_nodes"))},
@@ -243,12 +272,80 @@ def _lut_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
             f"LUT: {metadata['fragments']} fragments, {metadata['edges']} edges -> "
             f"{metadata['segments']} segments"
         )
-        # Content hash: segments turn stale only if the mapping actually changed.
         canonical = table[:, np.argsort(table[0], kind="stable")].astype(np.uint64)
-        version = hashlib.sha256(canonical.tobytes()).hexdigest()[:32]
-        return Output(table, metadata=metadata, data_version=DataVersion(version))
+        metadata["content_hash"] = hashlib.sha256(canonical.tobytes()).hexdigest()[:32]
+        parameters = [params.model_dump(mode="json"), w.config.score_groups]
+        version = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
+        yield Output(table, metadata=metadata, data_version=DataVersion(version[:32]))
+        # After the LUT file is written: the partitions whose segment ids changed get a new
+        # `segment_ids` version, and only their segments turn stale.
+        changed = observe_segment_ids(
+            context,
+            w.key("segment_ids"),
+            w.key("fragments"),
+            w.pipeline.grid,
+            fragment_nodes.ids,
+            canonical,
+            observed_by="lut",
+        )
+        context.log.info(f"segment ids changed in {len(changed)} partitions")
 
     return lut
+
+
+def _segment_ids_asset(w: _Wiring) -> AssetsDefinition:
+    """Per-partition versions of the LUT's entries for the partition's fragments.
+
+    Why an observed asset between ``lut`` and ``segments``: Dagster compares data
+    versions per partition only for a partitioned dependency, and the LUT is one
+    file with one version, so every segments partition used to turn stale on
+    any LUT change. ``segment_ids`` gives each partition a version of what its
+    segments are made of (its fragment ids, their segment ids and the fragments'
+    version: :func:`volara_assets.runtime.segment_ids.segment_id_digests`), and
+    ``segments`` depends on it partition by partition. It stores nothing: its
+    values live in the LUT file. It is an *observed* asset, not a materialized
+    one, because a materialization records one data version per run for every
+    partition, while observations carry one per partition, and because only the
+    partitions whose digest changed need an event: the ``lut`` step records them
+    right after writing the LUT (a wave over every partition would cost Dagster
+    bookkeeping per partition on every LUT change). Observing it by hand
+    recomputes the digests from the stored LUT and nodes.
+    """
+    key = w.key("segment_ids")
+
+    @multi_observable_source_asset(
+        name=f"{w.name}__segment_ids",
+        specs=[
+            AssetSpec(
+                key,
+                deps=[w.key("lut"), w.key("fragments")],
+                partitions_def=w.partitions,
+                group_name=w.name,
+                description=(
+                    "Per partition: a digest of its fragments' segment ids in the LUT (and of "
+                    "the fragments' version). Recorded by the lut step where it changed; "
+                    "segments turn stale only where it did."
+                ),
+            )
+        ],
+        partitions_def=w.partitions,
+        group_name=w.name,
+    )
+    def segment_ids(context: AssetExecutionContext) -> None:
+        nodes = w.pipeline.graph.store().read_nodes()
+        lut = w.pipeline.lut.load()
+        changed = observe_segment_ids(
+            context,
+            key,
+            w.key("fragments"),
+            w.pipeline.grid,
+            nodes.ids,
+            lut,
+            observed_by="observe",
+        )
+        context.log.info(f"segment ids changed in {len(changed)} partitions")
+
+    return segment_ids
 
 
 def _segments_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
@@ -267,7 +364,10 @@ def _segments_asset(w: _Wiring, automation: dict[str, Any]) -> AssetsDefinition:
                 automation_condition=automation["segments"],
             )
         },
+        # The LUT is read (and runs first in a run holding both); which partitions it makes
+        # stale is segment_ids' business, partition by partition (see _lut_asset).
         ins={"fragments": AssetIn(key("fragments")), "lut": AssetIn(key("lut"))},
+        deps=[key("segment_ids")],
         partitions_def=w.partitions,
         backfill_policy=BackfillPolicy.single_run(),
         group_name=w.name,
@@ -318,6 +418,7 @@ def build_pipeline_assets(config: PipelineConfig) -> PipelineAssets:
         _fragments_asset(w, automation),
         _edges_asset(w, automation),
         _lut_asset(w, automation),
+        _segment_ids_asset(w),
         _segments_asset(w, automation),
     ]
     computed = [w.key(n) for n in ("fragments", "fragment_nodes", "edges", "lut", "segments")]

@@ -3,14 +3,17 @@
 How an input change reaches the segmentation:
 
 1. the affinities are *observed* (by the input sensor, the schedule, or the UI's
-   "Observe" button): every partition gets a data version computed from the
-   chunk files under its blocks' read ROIs (:func:`partition_data_versions`);
+   "Observe" button): every partition gets a data version that hashes the voxels
+   under its blocks' read ROIs, recomputed only where a chunk file changed
+   (:func:`observe_input`);
 2. Dagster marks stale the ``fragments`` partitions whose version changed;
 3. the automation sensor evaluates the assets' declarative conditions
    (:func:`pipeline_automation_conditions`) and launches, one wave per step,
    exactly those fragments partitions, then the ``edges`` partitions that read
-   them (halo), which Dagster shows stale once the fragments changed, then the
-   ``lut``, then every ``segments`` partition.
+   them, which Dagster shows stale once the fragments changed, then the
+   ``lut``, which records a new ``segment_ids`` version for the partitions
+   whose segment ids changed (:func:`observe_segment_ids`), then exactly those
+   ``segments`` partitions.
 
 Dagster's staleness is one level deep: right after the observation only the
 direct dependants of the changed affinities are stale; each later step turns
@@ -22,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+import numpy as np
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -29,6 +33,7 @@ from dagster import (
     AssetSelection,
     AutomationCondition,
     BetaWarning,
+    DagsterInstance,
     DataVersionsByPartition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -61,7 +66,8 @@ from dagster._core.storage.tags import (
 
 from ..config import PipelineConfig
 from ..geometry import BlockGrid
-from ..storage.fingerprints import array_exists, input_state, partition_data_versions
+from ..runtime.segment_ids import segment_id_digests
+from ..storage.fingerprints import array_exists, input_state, observe_input
 
 # Per-partition data versions of an observed input exist only as these beta APIs
 # (an observable source asset returning DataVersionsByPartition); we depend on them
@@ -78,6 +84,7 @@ __all__ = [
     "build_input_sensor",
     "build_observe_job",
     "build_observe_schedule",
+    "observe_segment_ids",
     "pipeline_automation_conditions",
     "ranged_run_requests",
 ]
@@ -94,10 +101,11 @@ def build_affinities_asset(
 ) -> SourceAsset:
     """The ``affinities`` source asset, observable per partition.
 
-    Observing it records, for every partition, the version of the chunks its
-    blocks read (:func:`partition_data_versions`, ``"stat"`` mode).
+    Observing it records, for every partition, the exact version of the voxels
+    its blocks read (:func:`observe_input`: only changed chunk files are read).
     """
     path = config.affinities
+    cache = config.input_versions_path
 
     @observable_source_asset(
         key=key,
@@ -106,14 +114,17 @@ def build_affinities_asset(
         group_name=config.name,
         description=(
             f"Input affinities {path}, one partition per block (brick). A partition's "
-            "data version fingerprints the chunk files under its read ROI (block + context)."
+            "data version hashes the voxels of its read ROI (block + context)."
         ),
         metadata={"path": path},
     )
     def affinities(context: AssetExecutionContext) -> DataVersionsByPartition:
-        versions = partition_data_versions(path, grid)
-        context.log.info(f"observed {len(versions)} partitions of {path}")
-        return DataVersionsByPartition(versions)
+        obs = observe_input(path, grid, cache)
+        context.log.info(
+            f"observed {len(obs.versions)} partitions of {path}: {obs.chunks} chunk files, "
+            f"{obs.chunks_read} read ({obs.bytes_read} bytes), in {obs.seconds:.2f} s"
+        )
+        return DataVersionsByPartition(obs.versions)
 
     return affinities
 
@@ -121,22 +132,63 @@ def build_affinities_asset(
 # -- sensor, schedule, automation -----------------------------------------------------
 
 
-def _latest_observed_versions(context: SensorEvaluationContext, key: AssetKey) -> dict[str, str]:
-    storage = context.instance.event_log_storage
-    tags = storage.get_latest_tags_by_partition(
-        key, DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG]
-    )
+def _latest_versions(
+    instance: DagsterInstance, key: AssetKey, kind: DagsterEventType
+) -> dict[str, str]:
+    """Partition -> data version of ``key``'s latest event of ``kind`` (one query)."""
+    storage = instance.event_log_storage
+    tags = storage.get_latest_tags_by_partition(key, kind, [DATA_VERSION_TAG])
     return {p: t[DATA_VERSION_TAG] for p, t in tags.items() if DATA_VERSION_TAG in t}
+
+
+def _latest_observed_versions(context: SensorEvaluationContext, key: AssetKey) -> dict[str, str]:
+    return _latest_versions(context.instance, key, DagsterEventType.ASSET_OBSERVATION)
+
+
+def observe_segment_ids(
+    context: AssetExecutionContext,
+    key: AssetKey,
+    fragments_key: AssetKey,
+    grid: BlockGrid,
+    fragment_ids: np.ndarray,
+    lut: np.ndarray,
+    observed_by: str,
+) -> list[str]:
+    """Record a new ``segment_ids`` version for every partition whose digest changed.
+
+    The digest (:func:`segment_id_digests`) covers the partition's fragment ids,
+    their segment ids in ``lut`` and, as salt, the fragments partition's latest
+    data version: rewritten fragments count even when their ids are the same.
+    Partitions whose digest equals their last recorded version get no event, so
+    the cost in Dagster events is proportional to what changed. Returns the
+    changed partition keys.
+    """
+    salts = _latest_versions(
+        context.instance, fragments_key, DagsterEventType.ASSET_MATERIALIZATION
+    )
+    digests = segment_id_digests(grid, fragment_ids, lut, salts)
+    known = _latest_versions(context.instance, key, DagsterEventType.ASSET_OBSERVATION)
+    changed = [k for k, v in digests.items() if known.get(k) != v]
+    for k in changed:
+        context.log_event(
+            AssetObservation(
+                asset_key=key,
+                partition=k,
+                tags={DATA_VERSION_TAG: digests[k]},
+                metadata={"observed_by": observed_by},
+            )
+        )
+    return changed
 
 
 def build_input_sensor(config: PipelineConfig, key: AssetKey, grid: BlockGrid) -> SensorDefinition:
     """A sensor that observes the affinities when they appear or change.
 
     Every ``automation.input_sensor_interval`` seconds it fingerprints the input
-    (one ``stat`` per chunk). If the fingerprint equals the cursor it skips;
-    otherwise it records an observation for every partition whose version
-    differs from the last one recorded, and moves the cursor, so one state of
-    the input is never reported twice. The observations are what the assets'
+    (one ``stat`` per chunk file, a read of the changed ones). If the fingerprint
+    equals the cursor it skips; otherwise it records an observation for every
+    partition whose version differs from the last one recorded, and moves the
+    cursor, so one state of the input is never reported twice. The observations are what the assets'
     automation conditions react to: they start the pipeline on exactly the
     changed blocks.
     """
@@ -157,7 +209,8 @@ def build_input_sensor(config: PipelineConfig, key: AssetKey, grid: BlockGrid) -
     def input_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         if not array_exists(path):
             return SkipReason(f"no affinities at {path} yet")
-        versions = partition_data_versions(path, grid)
+        obs = observe_input(path, grid, config.input_versions_path)
+        versions = obs.versions
         state = input_state(versions)
         if state == context.cursor:
             return SkipReason("affinities unchanged since the last observation")
@@ -229,21 +282,27 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
     never while a dependency is missing or running) plus one rule: *wait while
     an upstream step is about to run*. Dagster only sees an upstream request of
     the same tick when both can share a run (identity mapping, same partitions);
-    through the halo mapping or into the unpartitioned LUT it cannot, so each
+    through the edges' read mapping or into the unpartitioned LUT it cannot, so each
     condition asks its dependencies' own conditions instead. The result is one
     wave per step: ``fragments`` of the changed blocks, then the ``edges`` that
-    read them, then the ``lut``, then every ``segments`` partition, each once.
+    read them, then the ``lut``, then the ``segments`` partitions whose segment
+    ids changed, each once.
 
     * ``fragments`` / ``fragment_nodes``: ``eager()``. The trigger is the
       observed affinities partition; Dagster counts an observation as an update
       only when its data version changed, so only changed blocks run.
-    * ``edges``: ``eager()``, waiting while a fragments partition in its halo
+    * ``edges``: ``eager()``, waiting while a fragments partition it reads
       is about to be requested.
     * ``lut``: ``eager()``, waiting while any edges or nodes partition is about
       to be requested.
-    * ``segments``: requested when missing or when the LUT was updated (a
-      changed fragment always changes the LUT after it), waiting while the LUT
-      or its fragments are about to be requested.
+    * ``segments``: requested when missing or when its ``segment_ids``
+      partition has a new version. The ``lut`` step records those versions
+      right after writing the LUT, only where a fragment of the partition maps
+      to another segment id or the fragments were rewritten (their version is
+      part of the digest), or when the LUT's data version changed (its
+      parameters: every segment id may move). A new LUT alone is no trigger;
+      segments still wait while the LUT or their fragments are about to be
+      requested.
     """
 
     def keys(*names: str) -> AssetSelection:
@@ -255,8 +314,14 @@ def pipeline_automation_conditions(name: str) -> dict[str, AutomationCondition]:
     fragments = AutomationCondition.eager()
     edges = AutomationCondition.eager() & waiting_for(fragments, "fragments", "fragment_nodes")
     lut = AutomationCondition.eager() & waiting_for(edges, "edges", "fragment_nodes")
+    # segment_ids is observed, so it counts as updated only where its version changed; the
+    # LUT's version changes only with its parameters, and then every segment id may move.
+    ids_changed = AutomationCondition.any_deps_updated().allow(keys("segment_ids"))
+    parameters_changed = AutomationCondition.any_deps_match(
+        AutomationCondition.data_version_changed()
+    ).allow(keys("lut"))
     segments = (
-        _requested(AutomationCondition.any_deps_updated().ignore(keys("fragments")))
+        _requested(ids_changed | parameters_changed)
         & waiting_for(lut, "lut")
         & waiting_for(fragments, "fragments")
     )

@@ -128,36 +128,28 @@ class EdgesJob:
     def _read(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
         """Fragments and affinities around ``block``: only what its edges need.
 
-        The block writes the edges whose smaller id is one of its fragments.
-        Fragments never leave their block, and with forward offsets (all
-        components >= 0, as mwatershed's) a pair ``(i, i + offset)`` can only
-        join a fragment of this block to one of a later block if ``i`` lies in
-        this block. So the affinities of the write ROI and the fragments of the
-        write ROI plus ``reach`` voxels past its upper faces give exactly the
-        pairs, in the same order, as the full context read: the result is
-        bitwise the same while far fewer chunks are decoded. Offsets with a
-        negative component fall back to the read ROI.
+        The block writes the edges whose smaller id is one of its fragments;
+        :meth:`BlockGrid.pair_read` decides what that takes (the same decision
+        the edges asset's partition mapping is built from). With forward
+        offsets the result is bitwise the one of a full context read, with far
+        fewer chunks decoded.
         """
-        used = {tuple(o) for group in self.config.score_groups.values() for o in group}
-        if any(c < 0 for o in used for c in o):
-            affs = self.affinities.read(block.read_roi)
-            return self.fragments.read(block.read_roi), checked_affinities(
-                affs, self.affinities.path, block.read_roi
-            )
-        reach = tuple(max(o[axis] for o in used) for axis in range(3))
-        axis_aligned = all(sum(c != 0 for c in o) == 1 for o in used)
-        box, pieces = self.grid.forward_reach(block.index, reach, axis_aligned=axis_aligned)
+        offsets = [o for group in self.config.score_groups.values() for o in group]
+        plan = self.grid.pair_read(block.index, offsets)
+        box = plan.box
         labels = np.zeros(box.shape, dtype=np.uint64)
-        for piece in pieces:
+        for piece in plan.fragments:
             # The +x slab lies in the next block's own chunk: kept for its turn.
             labels[piece.relative_to(box.begin).slices] = self.fragments.read_reusing_chunks(
-                piece, keep=len(pieces)
+                piece, keep=len(plan.fragments)
             )
         inner = checked_affinities(
-            self.affinities.read(block.write_roi), self.affinities.path, block.write_roi
+            self.affinities.read(plan.affinities), self.affinities.path, plan.affinities
         )
+        if plan.affinities == box:
+            return labels, inner
         affs = np.zeros((inner.shape[0], *box.shape), dtype=inner.dtype)
-        affs[(slice(None), *block.write_roi.relative_to(box.begin).slices)] = inner
+        affs[(slice(None), *plan.affinities.relative_to(box.begin).slices)] = inner
         return labels, affs
 
 
