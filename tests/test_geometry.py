@@ -115,14 +115,27 @@ def test_auto_bricks_keep_small_grids_per_block_and_bound_large_ones():
     assert auto_blocks_per_partition((100, 100, 100), (8, 32, 32)) == (8, 8, 8)
 
 
-def test_halo_mapping_is_every_partition_with_its_neighbours():
-    g = BlockGrid((40, 128, 96), (8, 32, 32), blocks_per_partition=(2, 2, 1))
-    halo = g.partition_halo_mapping()
-    assert list(halo) == g.partition_keys
-    for key in g.partition_keys:
-        assert halo[key] == {key, *g.partition_neighbours(key)}
-    # A corner partition of the (3, 2, 3) partition grid has 7 neighbours, the middle 17.
-    assert len(halo["z0_y0_x0"]) == 8 and len(halo["z1_y0_x1"]) == 18
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        [(1, 0, 0), (0, 1, 0), (0, 0, 1)],
+        [(1, 0, 0), (0, 3, 0), (0, 0, 3)],
+        [(1, 1, 1), (0, 2, 1)],
+        [(0, 0, -1), (1, 0, 0)],
+        [(0, 0, 0)],
+    ],
+)
+@pytest.mark.parametrize(
+    ("shape", "bricks"),
+    [((40, 128, 96), (2, 2, 1)), ((37, 100, 70), (1, 1, 1)), ((17, 33, 200), (3, 1, 2))],
+)
+def test_partition_pair_reads_equal_the_block_by_block_reads(offsets, shape, bricks):
+    # Clipped last blocks, partial last bricks, axes of one or two partitions.
+    g = BlockGrid(shape, (8, 32, 32), context=(3, 3, 3), blocks_per_partition=bricks)
+    fast = g.partition_pair_reads(offsets)
+    reference = g._partition_pair_reads_by_block(offsets, g.partition_keys)
+    assert list(fast) == g.partition_keys
+    assert fast == reference
 
 
 @pytest.mark.parametrize(
