@@ -335,7 +335,7 @@ def _float_keys(flat, bias, has_pos, shape, off, step, keep_p, seed, keys, order
                         w = np.float64(flat[c, i]) + bias[c]
                         scratch[0] = abs(w)
                         bits = scratch_bits[0]
-                        key = (np.uint64(0x7FFFFFFFFFFFFFFF) - bits) << np.uint64(1)
+                        key = (_MAX_ABS_BITS - bits) << np.uint64(1)
                         if w > 0:
                             key |= np.uint64(1)
                         keys[k] = key
@@ -477,6 +477,7 @@ def _agglomerate(order, edge_attr, n_voxels, deltas, has_pos):
     sid = np.arange(n_voxels).astype(order.dtype)
     dead = np.zeros(n_voxels, dtype=np.uint8)
     head = np.full(n_voxels, -1, dtype=np.int64)
+    # Entries in a set's list, stale ones included: what re-keying it would cost.
     count = np.zeros(n_voxels, dtype=order.dtype)
     pool_val = np.empty(1024, dtype=order.dtype)
     pool_next = np.empty(1024, dtype=np.int64)
