@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 DATA ?= data
 
-.PHONY: install test lint demo dev bench bench-peer bench-floor bench-memory bench-scale clean \
-  browser postgres screenshot
+.PHONY: install test lint demo dev bench bench-peer bench-floor bench-engines bench-memory \
+  bench-scale clean browser postgres screenshot
 
 # pip -qq: errors only. Without it a machine whose pip config names absent index folders
 # prints a warning per package (about 20 KB on every fresh install); failures still show.
@@ -92,7 +92,9 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml data/demo.zarr/.complete
 
 # Benchmarks (issue 6) on the (128, 512, 512) noisy demo volume, data/bench.zarr.
 # `make bench`: ours through `dagster asset materialize`, 1 and 2 workers, median of 3.
-# `make bench-peer`: volara 1.0.5 in its own venv (.venv-peer), A B A B with ours.
+# `make bench-peer`: volara 1.0.5 in its own venv (.venv-peer), A B A B with ours, at 1
+# worker (volara serial and multiprocessing, the faster counts) and 2 workers.
+# `make bench-engines`: VOI/ARE of the pipeline with each fragments engine.
 BENCH_REPEATS ?= 3
 PEER_VENV := .venv-peer
 PEER_STAMP := $(PEER_VENV)/.installed
@@ -108,11 +110,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/floor.py
 
 bench-peer: $(STAMP) $(PEER_STAMP)
-	$(BIN)/python benchmarks/bench.py pair --repeats $(BENCH_REPEATS) \
+	$(BIN)/python benchmarks/bench.py pair --repeats $(BENCH_REPEATS) --workers 1 2 \
 	  --peer-python $(PEER_VENV)/bin/python
 
 bench-floor: $(STAMP)
 	$(BIN)/python benchmarks/floor.py
+
+bench-engines: $(STAMP)
+	$(BIN)/python benchmarks/engines.py
 
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py

@@ -7,10 +7,14 @@ voxels/s and peak RSS, the process wall time and the Dagster overhead (wall
 minus the seconds spent inside block kernels and I/O, which every partition
 records as ``seconds`` metadata), then medians.
 
-``python benchmarks/bench.py pair --peer-python .venv-peer/bin/python`` alternates
-ours and volara (``benchmarks/peer_volara.py`` in volara's own venv) A B A B,
-prints the ratio ours / volara per pair and its median, and the VOI/ARE of both
-segmentations against the ground truth and between each other.
+``python benchmarks/bench.py pair --peer-python .venv-peer/bin/python --workers 1 2``
+alternates ours and volara (``benchmarks/peer_volara.py`` in volara's own venv)
+A B A B, prints the ratio ours / volara per pair and its median, and the VOI/ARE
+of both segmentations against the ground truth and between each other. At 1
+worker volara runs both ways, ``run_blockwise(multiprocessing=False)`` and
+``multiprocessing=True`` with one worker, and the ratio is against the faster of
+the two in that pair; at N > 1 workers ours (process pool) meets volara's
+``multiprocessing=True`` with N workers.
 """
 
 from __future__ import annotations
@@ -179,17 +183,23 @@ def _instance_stats(
     return steps, kernel, windows
 
 
-def run_peer(peer_python: str, workers: int = 1) -> RunResult:
-    """One run of volara's tutorial pipeline (``peer_volara.py``) in its own venv."""
+def run_peer(peer_python: str, workers: int = 1, serial: bool = False) -> RunResult:
+    """One run of volara's tutorial pipeline (``peer_volara.py``) in its own venv.
+
+    ``serial``: ``run_blockwise(multiprocessing=False)``; else ``multiprocessing=True``
+    with ``workers`` worker processes.
+    """
     cmd = [
         peer_python, str(ROOT / "benchmarks" / "peer_volara.py"),
         "--container", str(CONTAINER), "--out", str(PEER_OUTPUT), "--workers", str(workers),
     ]
+    if serial:
+        cmd.append("--serial")
     wall, sampler, out = _run(cmd, dict(os.environ))
     report = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     windows = {k: tuple(v) for k, v in report["windows"].items()}
     rss = {s: sampler.peak(*windows[s]) for s in windows}
-    return RunResult("volara", wall, report["seconds"], {}, rss, sampler.peak())
+    return RunResult(report["tool"], wall, report["seconds"], {}, rss, sampler.peak(), workers)
 
 
 def _mb(b: int) -> str:
@@ -294,25 +304,43 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"speed-up {w} vs {args.workers[0]} worker(s): {base / med:.2f}x")
         return 0
 
-    ours_runs, peer_runs, ratios = [], [], []
-    w = args.workers[0]
-    for rep in range(args.repeats):
-        a = run_ours(home, w, args.kind)
-        b = run_peer(args.peer_python, w)
-        ours_runs.append(a)
-        peer_runs.append(b)
-        ratios.append(a.wall / b.wall)
-        print(f"pair {rep + 1} ({w} worker(s)): ours {a.wall:.1f} s, volara {b.wall:.1f} s, "
-              f"ratio {ratios[-1]:.3f}")
-        print_run(a, voxels)
-        print_run(b, voxels)
-    print_medians(ours_runs, voxels)
-    print_medians(peer_runs, voxels)
-    print(f"ratio ours / volara per pair: {', '.join(f'{r:.3f}' for r in ratios)}; "
-          f"median {statistics.median(ratios):.3f}")
-    compare_segmentations()
+    for w in args.workers:
+        run_pairs(args, home, w, voxels)
     return 0
 
+
+def run_pairs(args: argparse.Namespace, home: Path, w: int, voxels: int) -> None:
+    """``--repeats`` alternated pairs at ``w`` workers; ratios against volara's faster mode."""
+    # At 1 worker volara can also run without worker processes, which may be
+    # faster: run both and compare with the faster one of each pair.
+    modes = [True, False] if w == 1 else [False]
+    ours_runs: list[RunResult] = []
+    peer_runs: dict[bool, list[RunResult]] = {m: [] for m in modes}
+    ratios = []
+    print(f"== {w} worker(s): ours ({'serial' if w == 1 else args.kind}) vs volara "
+          f"({' and '.join('serial' if m else f'multiprocessing, {w} worker(s)' for m in modes)})")
+    for rep in range(args.repeats):
+        a = run_ours(home, w, args.kind)
+        ours_runs.append(a)
+        peers = []
+        for serial in (modes if rep % 2 == 0 else modes[::-1]):
+            b = run_peer(args.peer_python, w, serial)
+            peer_runs[serial].append(b)
+            peers.append(b)
+        best = min(peers, key=lambda r: r.wall)
+        ratios.append(a.wall / best.wall)
+        walls = ", ".join(f"{b.tool} {b.wall:.1f} s" for b in peers)
+        print(f"pair {rep + 1} ({w} worker(s)): ours {a.wall:.1f} s, {walls}; "
+              f"ratio against the faster ({best.tool}) {ratios[-1]:.3f}")
+        print_run(a, voxels)
+        for b in peers:
+            print_run(b, voxels)
+    print_medians(ours_runs, voxels)
+    for runs in peer_runs.values():
+        print_medians(runs, voxels)
+    print(f"{w} worker(s): ratio ours / faster volara per pair: "
+          f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+    compare_segmentations()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", nargs=3, type=int, default=[32, 128, 128])
     parser.add_argument("--context", nargs=3, type=int, default=[2, 2, 2])
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--serial", action="store_true",
+        help="run_blockwise(multiprocessing=False): every block in this process "
+        "(else multiprocessing=True with --workers worker processes)",
+    )
     args = parser.parse_args(argv)
 
     from volara.blockwise import AffAgglom, ExtractFrags, GraphMWS, Relabel
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for name, task in steps.items():
         t, wall = time.perf_counter(), time.time()
-        task.run_blockwise(multiprocessing=True)
+        task.run_blockwise(multiprocessing=not args.serial)
         seconds[name] = time.perf_counter() - t
         windows[name] = (wall, time.time())
     total = time.perf_counter() - start
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         json.dumps(
             {
-                "tool": "volara",
+                "tool": "volara serial" if args.serial else f"volara mp{args.workers}",
                 "seconds": seconds,
                 "windows": windows,
                 "total": total,

@@ -81,3 +81,12 @@ def test_yaml_round_trip_resolves_relative_paths(tmp_path: Path):
     assert loaded.affinities == str(tmp_path / "sub" / "in.zarr" / "affs")
     assert loaded.db_url == "sqlite:///" + str(tmp_path / "sub" / "out.zarr" / "db.sqlite")
     assert loaded.fragments == make().fragments
+
+
+def test_fragments_engine_defaults_to_numba_and_is_checked():
+    assert make().fragments.engine == "numba"
+    assert make(fragments={"bias": [-0.5] * 3, "engine": "mwatershed"}).fragments.engine == (
+        "mwatershed"
+    )
+    with pytest.raises(ValidationError, match="engine"):
+        make(fragments={"bias": [-0.5] * 3, "engine": "affogato"})

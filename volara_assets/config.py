@@ -56,6 +56,9 @@ class FragmentsConfig(_Model):
     filter_fragments: float = 0.0
     remove_debris: int = Field(0, ge=0)
     node_attrs: dict[str, str] = Field(default_factory=dict)
+    # The mutex watershed kernel: ours (numba), or mwatershed for fragments
+    # identical to volara's (see ops.fragments.extract_fragments).
+    engine: Literal["numba", "mwatershed"] = "numba"
 
 
 class EdgesConfig(_Model):

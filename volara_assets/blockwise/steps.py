@@ -9,7 +9,7 @@ assets, built by the same factory as the YAML pipelines.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -177,6 +177,9 @@ class ExtractFrags(BlockwiseStep):
         Voxels outside ``mask > 0`` get no fragment.
     strides, sigma, noise_eps, filter_fragments, remove_debris, randomized_strides
         As :class:`volara_assets.config.FragmentsConfig`.
+    engine : {"numba", "mwatershed"}
+        The mutex watershed kernel: ours, or ``mwatershed`` for fragments
+        identical to volara's.
     """
 
     outputs: ClassVar[tuple[str, ...]] = ("fragments", "fragment_nodes")
@@ -194,6 +197,7 @@ class ExtractFrags(BlockwiseStep):
     filter_fragments: float = 0.0
     remove_debris: int = Field(0, ge=0)
     randomized_strides: bool = False
+    engine: Literal["numba", "mwatershed"] = "numba"
 
     def locate(self) -> PipelineConfig | None:
         return read_array_record(self.frags_data.path)
@@ -226,6 +230,7 @@ class ExtractFrags(BlockwiseStep):
                     filter_fragments=self.filter_fragments,
                     remove_debris=self.remove_debris,
                     node_attrs=node_attrs,
+                    engine=self.engine,
                 ),
                 "edges": edges,
             },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import mwatershed as mws
 import numpy as np
@@ -10,6 +11,10 @@ from numba import njit
 
 from ..tables import NodeTable
 from ._common import affinity_scale, as_offsets, ids_are_dense
+from .mutex_watershed import mutex_watershed
+
+Engine = Literal["numba", "mwatershed"]
+ENGINES: tuple[str, ...] = ("numba", "mwatershed")
 
 
 def extract_fragments(
@@ -25,6 +30,7 @@ def extract_fragments(
     mask: np.ndarray | None = None,
     filter_fragments: float = 0.0,
     remove_debris: int = 0,
+    engine: Engine = "numba",
 ) -> np.ndarray:
     """Over-segment affinities into fragments with mutex watershed.
 
@@ -49,10 +55,12 @@ def extract_fragments(
         Seed of ``np.random.default_rng`` for the noise. A fresh generator is made
         on every call, so the same input and seed give the same fragments.
     strides : (C, 3) sequence of int, optional
-        Per-channel strides passed to ``mwatershed.agglom``.
+        Per-channel strides: keep every ``strides[c][d]``-th edge of channel ``c``
+        along axis ``d`` (as ``mwatershed.agglom``).
     randomized_strides : bool
-        Use strides as a sampling probability. mwatershed draws these from its own
-        unseeded generator, so the result is then *not* reproducible.
+        Use strides as a sampling probability ``1 / prod(strides[c])``. The
+        ``numba`` engine draws from a hash of ``seed`` (reproducible);
+        mwatershed draws from its own unseeded generator (*not* reproducible).
     mask : (Z, Y, X) array, optional
         Voxels with ``mask > 0`` are inside; affinities outside are set to 0
         before anything else (also for ``filter_fragments``).
@@ -60,6 +68,12 @@ def extract_fragments(
         If > 0, drop fragments whose mean direct affinity is below it.
     remove_debris : int
         If > 0, drop fragments with fewer voxels than it.
+    engine : {"numba", "mwatershed"}
+        ``numba``: our kernel, :func:`~volara_assets.ops.mutex_watershed.mutex_watershed`
+        (uint8 input without noise or smoothing is ordered without a float
+        copy; equal weights follow its documented tie rule). ``mwatershed``:
+        ``mwatershed.agglom``, volara's kernel, for fragments identical to
+        volara's. Both give the same partition when no two weights are equal.
 
     Returns
     -------
@@ -107,11 +121,28 @@ def extract_fragments(
         raise ValueError(f"filter_fragments: expected a value >= 0, got {filter_fragments}")
     if remove_debris < 0:
         raise ValueError(f"remove_debris: expected a value >= 0, got {remove_debris}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
 
     # Checked on the stored values (for uint8: "all zero"), before any copy, so an
     # empty block (e.g. outside the sample) costs nothing.
     if affs.size == 0 or affs.max() < 1e-3:
         return np.zeros(spatial_shape, dtype=np.uint64)
+
+    stride_arg = None if stride_list is None else [list(s) for s in stride_list]
+    if engine == "numba" and affs.dtype == np.uint8 and noise_eps is None and sigma is None:
+        # Quantized weights: the kernel orders the stored bytes itself, so no
+        # float copy of the block is made at all (masking keeps it uint8).
+        if mask is not None:
+            affs = affs * (mask > 0)[np.newaxis]
+        direct_mean = _direct_mean(affs, scale) if filter_fragments > 0 else None
+        fragments = mutex_watershed(
+            affs, offsets, bias_values,
+            strides=stride_arg, randomized_strides=randomized_strides, seed=seed,
+        )
+        if direct_mean is not None or remove_debris > 0:
+            fragments = _drop_fragments(fragments, direct_mean, filter_fragments, remove_debris)
+        return fragments
 
     # One float64 working copy: mwatershed only accepts float64, and computing in
     # float64 from the start keeps results independent of the input dtype.
@@ -151,18 +182,36 @@ def extract_fragments(
         weights += work
         del work
 
-    fragments = mws.agglom(
-        weights,
-        offsets=[list(o) for o in offsets],
-        strides=None if stride_list is None else [list(s) for s in stride_list],
-        randomized_strides=randomized_strides,
-    )
+    if engine == "numba":
+        fragments = mutex_watershed(
+            weights, offsets, strides=stride_arg, randomized_strides=randomized_strides, seed=seed
+        )
+    else:
+        fragments = mws.agglom(
+            weights,
+            offsets=[list(o) for o in offsets],
+            strides=stride_arg,
+            randomized_strides=randomized_strides,
+        )
     del weights
     fragments = np.asarray(fragments, dtype=np.uint64)
 
     if direct_mean is not None or remove_debris > 0:
         fragments = _drop_fragments(fragments, direct_mean, filter_fragments, remove_debris)
     return fragments
+
+
+def _direct_mean(affs: np.ndarray, scale: float) -> np.ndarray:
+    """Per-voxel mean of the 3 direct channels as float64, one channel at a time.
+
+    The same sum, in the same order, as ``(affs[:3] / scale).mean(axis=0)``,
+    without a float copy of all three channels.
+    """
+    total = affs[0] / scale
+    total += affs[1] / scale
+    total += affs[2] / scale
+    total /= 3
+    return total
 
 
 def _drop_fragments(

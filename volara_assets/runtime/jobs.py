@@ -86,6 +86,7 @@ class FragmentsJob:
             mask=mask,
             filter_fragments=params.filter_fragments,
             remove_debris=params.remove_debris,
+            engine=params.engine,
         )
         labels = finish_block(labels, _write_slices(block), self.grid.fragment_id_base(index))
         nodes = fragment_nodes(
