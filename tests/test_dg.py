@@ -48,7 +48,9 @@ def test_dg_list_defs_and_check_defs_see_the_pipeline(setup: tuple[Path, Path]) 
     defs = json.loads(listed.stdout)
     assert {a["asset_key"] for a in defs["assets"]} == {
         f"demo/{n}"
-        for n in ("affinities", "fragments", "fragment_nodes", "edges", "lut", "segments")
+        for n in (
+            "affinities", "fragments", "fragment_nodes", "edges", "lut", "segment_ids", "segments"
+        )
     }
     assert "demo__observe_affinities" in {j["name"] for j in defs["jobs"]}
 

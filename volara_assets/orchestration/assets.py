@@ -88,12 +88,16 @@ from .steps import materialize_blocks
 
 __all__ = ["AssetsDefinition", "PipelineAssets", "build_pipeline_assets"]
 
-# Two beta features with no stable alternative, used on purpose: `backfill_policy`
-# (a partition range becomes one run; `--partition-range` requires it) and
-# `Output(data_version=...)` (the LUT's content hash keeps the segments fresh when
-# the mapping did not change). Dagster would warn on every code location load.
+# Beta features with no stable alternative, used on purpose: `backfill_policy`
+# (a partition range becomes one run; `--partition-range` requires it),
+# `Output(data_version=...)` (the LUT's version) and `multi_observable_source_asset`
+# (segment_ids: one observed data version per partition). Dagster would warn on every
+# code location load.
 warnings.filterwarnings(
     "ignore", message=r"Parameter `(backfill_policy|data_version)` of ", category=BetaWarning
+)
+warnings.filterwarnings(
+    "ignore", message=r"Function `multi_observable_source_asset` is ", category=BetaWarning
 )
 
 
