@@ -31,6 +31,7 @@ from volara_assets.config import PipelineConfig
 from volara_assets.demo import write_demo
 from volara_assets.orchestration.assets import PipelineAssets, build_pipeline_assets
 from volara_assets.orchestration.resources import BlockExecutor
+from volara_assets.runtime.executors import shutdown_executors
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SHAPE = (24, 64, 64)
@@ -39,6 +40,16 @@ BLOCK_SIZE = (8, 32, 32)
 CONTEXT = (2, 2, 2)
 #: The steps of the pipeline in dependency order (asset names under the pipeline's prefix).
 STEPS = ("fragments", "fragment_nodes", "edges", "lut", "segments")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_executors() -> Iterator[None]:
+    """Shut the shared pools and Dask clusters down while pytest's output is still open.
+
+    Left to the interpreter's exit, a Dask cluster logs its shutdown to closed streams.
+    """
+    yield
+    shutdown_executors()
 
 
 @pytest.fixture(scope="session")
