@@ -101,8 +101,8 @@ PEER_STAMP := $(PEER_VENV)/.installed
 
 $(PEER_STAMP):
 	$(PYTHON) -m venv $(PEER_VENV)
-	$(PEER_VENV)/bin/pip install --quiet --upgrade pip
-	$(PEER_VENV)/bin/pip install --quiet volara==1.0.5
+	$(PEER_VENV)/bin/pip install -qq --upgrade pip
+	$(PEER_VENV)/bin/pip install -qq volara==1.0.5
 	touch $@
 
 bench: $(STAMP)
