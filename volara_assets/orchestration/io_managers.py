@@ -160,11 +160,7 @@ class SqlIOManager(_PipelineIOManager):
 
     def partition_metadata(self, name: str, key: str, stats: dict[str, float]) -> dict[str, Any]:
         md = super().partition_metadata(name, key, stats)
-        md["table"] = (
-            self.pipeline.graph.store().nodes.name
-            if name == "fragment_nodes"
-            else (self.pipeline.graph.store().edges.name)
-        )
+        md["table"] = self.pipeline.graph.store().table(self._table(name)[0]).name
         return md
 
     def load_input(self, context: InputContext) -> NodeTable | EdgeTable:

@@ -358,7 +358,7 @@ class GraphStore:
         with self._write() as conn:
             inspector = sa.inspect(conn)
             for which in tables:
-                table = self._table(which)
+                table = self.table(which)
                 if inspector.has_table(table.name) and _column_mismatch(inspector, table):
                     table.drop(conn)
                     dropped.append(table.name)
@@ -384,7 +384,8 @@ class GraphStore:
                 )
         return found[0], found[1]
 
-    def _table(self, which: str) -> sa.Table:
+    def table(self, which: str) -> sa.Table:
+        """The ``"nodes"`` or ``"edges"`` table."""
         if which not in ("nodes", "edges"):
             raise ValueError(f"table: expected 'nodes' or 'edges', got {which!r}")
         return self.nodes if which == "nodes" else self.edges
@@ -770,7 +771,7 @@ class GraphStore:
 
         One grouped query over the range of ``blocks``, whatever their number.
         """
-        t = self._table(table)
+        t = self.table(table)
         counts = {int(b): 0 for b in blocks}
         if not counts:
             return counts
